@@ -1,0 +1,119 @@
+"""What every quantizer shares: flatten, search, look up, straight-through, loss, usage counts.
+
+A subclass only says what its codebook looks like in the latent space (`latent_codebook`)
+and, for EMA, how the codebook moves. Gradients reach trainable codebooks/projectors through
+the lookup of the chosen entries (`F.embedding`), never through the argmin.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import nn
+
+from .config import QuantizerConfig
+from .search import codebook_sq_norms, nearest_codes
+from .usage import code_counts
+
+
+@dataclass
+class QuantizerOutput:
+    quantized: torch.Tensor   # (B, D', H, W) straight-through: forward = entries, backward = identity to z
+    indices: torch.Tensor     # (B, H, W) int64
+    loss: torch.Tensor        # scalar: alpha*||sg(zq)-z||^2 + beta*||zq-sg(z)||^2 (EMA: alpha term only)
+    counts: torch.Tensor      # (N,) int64 usage counts of this batch (bincount)
+
+
+class Quantizer(nn.Module):
+    """Base class: z (B, D', H, W) -> QuantizerOutput."""
+
+    def __init__(self, config: QuantizerConfig):
+        super().__init__()
+        config.validate()
+        self.config = config
+        self._cache: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    # --- what subclasses define -------------------------------------------------------------
+    def latent_codebook(self) -> torch.Tensor:
+        """(N, D') entries in the latent space (projected for LC), with autograd where trainable."""
+        raise NotImplementedError  # abstract
+
+    def normalize(self, z: torch.Tensor) -> torch.Tensor:
+        """Hook for cosine codes (FC with l2 normalisation): identity by default."""
+        return z
+
+    def update_codebook(self, z_flat: torch.Tensor, indices: torch.Tensor) -> None:
+        """Hook for codebooks that move without gradients (EMA)."""
+
+    # --- shared machinery --------------------------------------------------------------------
+    @property
+    def num_codes(self) -> int:
+        return self.config.codebook_size
+
+    @property
+    def dim(self) -> int:
+        return self.config.dim
+
+    def train(self, mode: bool = True) -> "Quantizer":
+        self._cache = None  # weights may change again: drop the cached projected codebook
+        return super().train(mode)
+
+    def _apply(self, fn, *args, **kwargs):  # .to(), .cuda(), .half() invalidate the cache too
+        self._cache = None
+        return super()._apply(fn, *args, **kwargs)
+
+    def search_codebook(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Detached fp32 latent codebook and its squared norms; cached while in eval mode."""
+        if self._cache is not None and not self.training:
+            return self._cache
+        with torch.no_grad(), torch.autocast(device_type="cuda", enabled=False), \
+                torch.autocast(device_type="cpu", enabled=False):
+            entries = self.normalize(self.latent_codebook().float()).contiguous()
+            norms = codebook_sq_norms(entries)
+        if not self.training:
+            self._cache = (entries, norms)
+        return entries, norms
+
+    def search(self, z_flat: torch.Tensor) -> torch.Tensor:
+        """Indices (M,) of the nearest entries to rows of z_flat (M, D'); memory-bounded, no autograd."""
+        entries, norms = self.search_codebook()
+        metric = "cosine" if self.config.l2_normalize else "l2"
+        indices, _ = nearest_codes(z_flat.detach(), entries, codebook_sq_norms=norms, metric=metric,
+                                   memory_budget_mb=self.config.memory_budget_mb,
+                                   backend=self.config.search_backend)
+        return indices
+
+    def forward(self, z: torch.Tensor) -> QuantizerOutput:
+        if z.ndim != 4 or z.shape[1] != self.dim:
+            raise ValueError(f"quantizer expects z of shape (B, {self.dim}, H, W), got {tuple(z.shape)}")
+        b, _, h, w = z.shape
+        z_flat = self.normalize(rearrange(z, "b d h w -> (b h w) d"))
+        indices = self.search(z_flat)
+        # Gradients reach the projector / trainable codebook through this lookup.
+        codebook = self.latent_codebook() if self.training else self.search_codebook()[0]
+        zq_flat = self.normalize(F.embedding(indices, codebook)).to(z_flat.dtype)
+        if self.training:
+            self.update_codebook(z_flat.detach(), indices)
+        loss = self.loss(z_flat, zq_flat)
+        zq_flat = z_flat + (zq_flat - z_flat).detach()  # straight-through estimator
+        quantized = rearrange(zq_flat, "(b h w) d -> b d h w", b=b, h=h, w=w)
+        return QuantizerOutput(quantized, indices.view(b, h, w), loss, code_counts(indices, self.num_codes))
+
+    def loss(self, z_flat: torch.Tensor, zq_flat: torch.Tensor) -> torch.Tensor:
+        cfg = self.config
+        commit = F.mse_loss(z_flat, zq_flat.detach())
+        codebook = F.mse_loss(zq_flat, z_flat.detach()) if zq_flat.requires_grad else commit.new_zeros(())
+        return cfg.alpha * commit + cfg.beta * codebook
+
+    def indices_to_latents(self, indices: torch.Tensor) -> torch.Tensor:
+        """(B, H, W) indices -> (B, D', H, W) latents, exactly what `forward` would feed the decoder."""
+        if indices.dtype not in (torch.int32, torch.int64):
+            raise ValueError(f"indices must be an integer tensor, got {indices.dtype}")
+        if indices.numel() and (int(indices.min()) < 0 or int(indices.max()) >= self.num_codes):
+            raise ValueError(f"indices must lie in [0, {self.num_codes}), got range "
+                             f"[{int(indices.min())}, {int(indices.max())}]")
+        entries = self.search_codebook()[0]
+        latents = F.embedding(indices.long(), entries)
+        return rearrange(latents, "b h w d -> b d h w")

@@ -1,0 +1,55 @@
+"""VQGAN-LC: a frozen (k-means-initialised) codebook mapped into the latent space by a trainable projector.
+
+Every entry moves together through the shared projector, so entries that were never chosen
+still follow the latent distribution: that is why 100,000+ entries stay ~99% used.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .base import Quantizer
+from .config import QuantizerConfig
+
+
+def build_projector(kind: str, cin: int, cout: int, hidden: int) -> nn.Module:
+    if kind == "linear":
+        proj = nn.Linear(cin, cout, bias=True)
+        nn.init.normal_(proj.weight, std=cout ** -0.5)  # paper: N(0, D'^-0.5)
+        nn.init.zeros_(proj.bias)
+        return proj
+    if kind == "mlp":
+        return nn.Sequential(nn.Linear(cin, hidden), nn.ReLU(), nn.Linear(hidden, cout))
+    return nn.Identity()
+
+
+class LCQuantizer(Quantizer):
+    def __init__(self, config: QuantizerConfig, codebook: torch.Tensor | None = None):
+        super().__init__(config)
+        shape = (config.codebook_size, config.codebook_dim)
+        if codebook is None:
+            # Placeholder until a k-means codebook is loaded (from_pretrained / load_codebook);
+            # random Gaussian is also the paper's "random init" ablation (5.4% utilization).
+            codebook = torch.randn(shape)
+        if tuple(codebook.shape) != shape:
+            raise ValueError(f"LC codebook must have shape {shape} (codebook_size x codebook_dim), "
+                             f"got {tuple(codebook.shape)}")
+        codebook = codebook.detach().float().clone()
+        if config.train_codebook:
+            self.codebook = nn.Parameter(codebook)
+        else:
+            self.register_buffer("codebook", codebook)  # frozen, but saved with the model
+        self.projector = build_projector(config.projector, config.codebook_dim, config.dim,
+                                         config.projector_hidden)
+
+    def latent_codebook(self) -> torch.Tensor:
+        return self.projector(self.codebook)
+
+    @torch.no_grad()
+    def load_codebook(self, codebook: torch.Tensor) -> None:
+        """Replace the frozen entries (e.g. with a k-means codebook file's vectors)."""
+        if tuple(codebook.shape) != tuple(self.codebook.shape):
+            raise ValueError(f"codebook of shape {tuple(codebook.shape)} does not fit this quantizer "
+                             f"({self.config.codebook_size} x {self.config.codebook_dim})")
+        self.codebook.copy_(codebook.to(self.codebook))
+        self._cache = None

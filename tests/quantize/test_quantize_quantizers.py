@@ -1,0 +1,135 @@
+import pytest
+import torch
+
+from vqgan_lc.quantize import QuantizerConfig, build_quantizer
+
+
+def _cfg(kind, **kw):
+    base = dict(kind=kind, codebook_size=50, dim=4)
+    if kind == "lc":
+        base["codebook_dim"] = 12
+    base.update(kw)
+    return QuantizerConfig(**base)
+
+
+def _brute_indices(z, entries):
+    flat = z.permute(0, 2, 3, 1).reshape(-1, z.shape[1])
+    return torch.cdist(flat.double(), entries.double()).argmin(dim=1).view(z.shape[0], *z.shape[2:])
+
+
+@pytest.mark.parametrize("kind", ["lc", "vq", "fc", "ema"])
+def test_indices_are_nearest_entries_and_quantized_matches(kind):
+    torch.manual_seed(0)
+    q = build_quantizer(_cfg(kind))
+    z = torch.randn(2, 4, 3, 5)
+    out = q.eval()(z)
+    entries = q.latent_codebook().detach()
+    assert out.indices.shape == (2, 3, 5)
+    assert torch.equal(out.indices, _brute_indices(z, entries))
+    expected = entries[out.indices].permute(0, 3, 1, 2)
+    torch.testing.assert_close(out.quantized, expected)
+    torch.testing.assert_close(q.indices_to_latents(out.indices), expected)
+    assert out.counts.sum() == 30 and out.counts.dtype == torch.int64
+    assert torch.equal(out.counts, torch.bincount(out.indices.flatten(), minlength=50))
+
+
+def test_lc_gradients_reach_projector_not_codebook_and_straight_through():
+    torch.manual_seed(0)
+    q = build_quantizer(_cfg("lc")).train()
+    z = torch.randn(2, 4, 3, 3, requires_grad=True)
+    out = q(z)
+    (out.quantized.square().sum() + out.loss).backward()
+    assert q.projector.weight.grad is not None and q.projector.weight.grad.abs().sum() > 0
+    assert not q.codebook.requires_grad  # frozen buffer
+    assert z.grad is not None and z.grad.abs().sum() > 0
+
+
+def test_lc_loss_weights():
+    torch.manual_seed(0)
+    q = build_quantizer(_cfg("lc", alpha=1.0, beta=0.33)).train()
+    z = torch.randn(1, 4, 2, 2)
+    out = q(z)
+    zq = q.latent_codebook().detach()[out.indices.flatten()]
+    mse = (z.permute(0, 2, 3, 1).reshape(-1, 4) - zq).square().mean()
+    torch.testing.assert_close(out.loss, 1.33 * mse)
+
+
+def test_lc_projector_init_and_mlp():
+    q = build_quantizer(QuantizerConfig(kind="lc", codebook_size=10, dim=8, codebook_dim=2000))
+    std = q.projector.weight.std().item()
+    assert abs(std - 8 ** -0.5) < 0.02  # N(0, D'^-0.5)
+    mlp = build_quantizer(_cfg("lc", projector="mlp"))
+    assert mlp.latent_codebook().shape == (50, 4)
+    assert mlp.projector[0].out_features == 256
+
+
+def test_lc_ablations():
+    frozen = build_quantizer(_cfg("lc", projector="none", codebook_dim=4))
+    assert sum(p.numel() for p in frozen.parameters()) == 0
+    trainable = build_quantizer(_cfg("lc", train_codebook=True)).train()
+    out = trainable(torch.randn(1, 4, 2, 2))
+    (out.quantized.sum() + out.loss).backward()
+    assert trainable.codebook.grad is not None
+
+
+@pytest.mark.parametrize("bad, msg", [
+    (dict(kind="lc", projector="none", codebook_dim=7, dim=4), "codebook_dim == dim"),
+    (dict(kind="xx"), "unknown"),
+    (dict(kind="vq", projector="mlp"), "kind='lc' only"),
+    (dict(kind="lc", l2_normalize=True), "l2_normalize"),
+    (dict(kind="ema", ema_decay=1.5), "ema_decay"),
+])
+def test_incompatible_options_rejected(bad, msg):
+    with pytest.raises(ValueError, match=msg):
+        build_quantizer(QuantizerConfig(**bad))
+
+
+def test_wrong_codebook_and_input_shapes():
+    with pytest.raises(ValueError, match="shape"):
+        build_quantizer(_cfg("lc"), torch.randn(50, 11))
+    q = build_quantizer(_cfg("lc"))
+    with pytest.raises(ValueError, match=r"\(B, 4, H, W\)"):
+        q(torch.randn(2, 5, 3, 3))
+    with pytest.raises(ValueError, match="lie in"):
+        q.indices_to_latents(torch.tensor([[[50]]]))
+
+
+def test_fc_l2_normalised_codes_are_unit_vectors():
+    torch.manual_seed(0)
+    q = build_quantizer(_cfg("fc", l2_normalize=True)).eval()
+    out = q(torch.randn(2, 4, 3, 3))
+    norms = out.quantized.norm(dim=1)
+    torch.testing.assert_close(norms, torch.ones_like(norms))
+
+
+def test_ema_moves_used_entries_towards_assigned_means():
+    torch.manual_seed(0)
+    q = build_quantizer(_cfg("ema", ema_decay=0.5)).train()
+    z = torch.randn(1, 4, 4, 4)
+    before = q.embed.clone()
+    out = q(z)
+    used = out.counts.nonzero().flatten()
+    unused = (out.counts == 0).nonzero().flatten()
+    assert not torch.allclose(q.embed[used], before[used])
+    torch.testing.assert_close(q.embed[unused], before[unused], rtol=1e-3, atol=1e-3)
+    assert not any(p.requires_grad for p in q.parameters())
+    flat = z.permute(0, 2, 3, 1).reshape(-1, 4)
+    i = int(used[0])
+    mean = flat[out.indices.flatten() == i].mean(0)
+    # after many identical updates an entry converges to the mean of what it is assigned
+    for _ in range(40):
+        q.update_codebook(flat, out.indices.flatten())
+    torch.testing.assert_close(q.embed[i], mean, rtol=1e-2, atol=1e-2)
+
+
+def test_eval_cache_is_invalidated_by_train_and_load():
+    q = build_quantizer(_cfg("lc")).eval()
+    first = q.search_codebook()[0]
+    assert q.search_codebook()[0] is first  # cached in eval mode
+    q.train()
+    with torch.no_grad():
+        q.projector.weight.mul_(2)
+    q.eval()
+    torch.testing.assert_close(q.search_codebook()[0], q.latent_codebook().detach())
+    q.load_codebook(torch.zeros(50, 12))
+    torch.testing.assert_close(q.search_codebook()[0], q.projector.bias.detach().expand(50, 4))

@@ -1,0 +1,77 @@
+import pytest
+import torch
+
+from vqgan_lc.tokenizer.config import AutoencoderConfig, TokenizerConfig, get_preset, PRESETS
+from vqgan_lc.tokenizer.model import VQModel
+from vqgan_lc.quantize import QuantizerConfig
+
+
+def tiny_config(kind="lc", **q):
+    ae = AutoencoderConfig(resolution=32, ch=16, ch_mult=(1, 2, 2), num_res_blocks=1,
+                           attn_resolutions=(8,), z_channels=16, norm_groups=8)
+    qc = dict(kind=kind, codebook_size=64, dim=4)
+    if kind == "lc":
+        qc["codebook_dim"] = 12
+    qc.update(q)
+    return TokenizerConfig(ae, QuantizerConfig(**qc))
+
+
+@pytest.mark.parametrize("kind", ["lc", "vq", "fc", "ema"])
+def test_forward_shapes_and_decode_indices_equals_decode_quantized(kind):
+    torch.manual_seed(0)
+    model = VQModel(tiny_config(kind)).eval()
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    with torch.no_grad():
+        out = model(x)
+        enc = model.encode(x)
+        assert out.reconstruction.shape == x.shape
+        assert enc.indices.shape == (2, 8, 8) and model.token_grid() == (8, 8)
+        assert enc.latents.shape == (2, 4, 8, 8)
+        torch.testing.assert_close(model.decode_indices(enc.indices), model.decode(enc.quantized))
+        torch.testing.assert_close(model.decode(enc.quantized), out.reconstruction)
+        assert torch.equal(model.snap_latents(enc.latents), enc.indices)
+
+
+def test_backward_reaches_every_trainable_parameter():
+    torch.manual_seed(0)
+    model = VQModel(tiny_config()).train()
+    out = model(torch.rand(2, 3, 32, 32) * 2 - 1)
+    (out.reconstruction.abs().mean() + out.quantizer.loss).backward()
+    no_grad = [n for n, p in model.named_parameters() if p.grad is None]
+    assert no_grad == []
+
+
+def test_bad_image_shapes():
+    model = VQModel(tiny_config())
+    with pytest.raises(ValueError, match="multiple of the downsampling factor 4"):
+        model.encode(torch.zeros(1, 3, 30, 32))
+    with pytest.raises(ValueError, match=r"\(B, 3, H, W\)"):
+        model.encode(torch.zeros(1, 1, 32, 32))
+    with pytest.raises(ValueError, match=r"\(B, h, w\)"):
+        model.decode_indices(torch.zeros(4, 4, dtype=torch.long))
+
+
+def test_paper_f16_100k_parameter_count():
+    # Paper Table 8: 71.72M trainable parameters (frozen codebook not counted).
+    model = VQModel.from_preset("vqgan-lc-f16-100k")
+    n = model.num_trainable_parameters()
+    assert 71.7e6 <= n <= 71.8e6, n
+    assert model.quantizer.codebook.shape == (100_000, 768)
+    assert model.token_grid() == (16, 16)
+
+
+def test_f8_preset_grid_and_presets_build():
+    cfg = get_preset("vqgan-lc-f8-100k")
+    assert cfg.autoencoder.downsample_factor == 8 and cfg.quantizer.dim == 4
+    for name in PRESETS:
+        get_preset(name).quantizer.validate()
+    with pytest.raises(ValueError, match="unknown tokenizer preset"):
+        get_preset("nope")
+
+
+def test_state_dict_layout_follows_reference_names():
+    keys = set(VQModel.from_preset("vqgan-lc-tiny").state_dict())
+    for key in ["encoder.conv_in.weight", "encoder.down.0.block.0.norm1.weight", "encoder.mid.attn_1.q.weight",
+                "decoder.up.1.upsample.conv.weight", "decoder.conv_out.weight", "quant_conv.weight",
+                "post_quant_conv.weight", "quantizer.codebook", "quantizer.projector.weight"]:
+        assert key in keys, key

@@ -1,0 +1,152 @@
+import json
+import os
+import socket
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from vqgan_lc.tokenizer.losses import LossConfig
+from vqgan_lc.tokenizer.model import VQModel
+from vqgan_lc.train.config import TrainConfig, apply_overrides, get_recipe
+from vqgan_lc.train.schedule import lr_at
+from vqgan_lc.train.state import STATE_NAME, atomic_torch_save, load_train_state
+from vqgan_lc.train.trainer import train
+
+# A very small tokenizer: 32 px crops, f4, 64 codes.
+TINY = ["autoencoder.resolution=32", "autoencoder.ch=8", "autoencoder.ch_mult=1,2,2", "autoencoder.num_res_blocks=1",
+        "autoencoder.z_channels=8", "autoencoder.norm_groups=4", "quantizer.codebook_size=64", "quantizer.codebook_dim=16"]
+
+
+def tiny_config(out, **kw) -> TrainConfig:
+    base = dict(tokenizer="vqgan-lc-tiny", tokenizer_overrides=list(TINY), data="demo:train:48", batch_size=4,
+                lr=1e-3, max_steps=6, warmup_epochs=0.5, out_dir=str(out), save_every=3, image_every=3,
+                usage_every=2, log_every=1, loss=LossConfig(disc_start=3, perceptual="none"), device="cpu")
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def _losses(result):
+    return [h["total"] for h in result.history]
+
+
+def test_resume_continues_exactly(tmp_path):
+    full = train(tiny_config(tmp_path / "full"), progress=False)
+    first = train(tiny_config(tmp_path / "split"), stop_at_step=3, progress=False)
+    assert first.step == 3 and (tmp_path / "split" / STATE_NAME).is_file()
+    second = train(tiny_config(tmp_path / "split"), resume=tmp_path / "split", progress=False)
+    assert second.step == 6
+    # the GAN starts at step 3, so the resumed half exercises the discriminator state too
+    assert _losses(first) + _losses(second) == _losses(full)
+    for (k, a), (_, b) in zip(full.model.state_dict().items(), second.model.state_dict().items()):
+        assert torch.equal(a, b), k
+
+
+def test_outputs_checkpoint_grid_tensorboard_and_usage(tmp_path):
+    result = train(tiny_config(tmp_path / "run"), progress=False)
+    run = tmp_path / "run"
+    assert (run / "tokenizer" / "model.safetensors").is_file()
+    assert list((run / "samples").glob("*.png"))
+    assert list((run / "tensorboard").glob("events.*"))
+    assert [c["step"] for c in result.usage_curve] == [2, 4, 6]
+    assert all(0 < c["utilization"] <= 1 for c in result.usage_curve)
+    loaded = VQModel.from_pretrained(run / "tokenizer")
+    x = torch.rand(1, 3, 32, 32) * 2 - 1
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x).reconstruction, result.model(x).reconstruction)
+    assert json.loads((run / "train_config.json").read_text())["max_steps"] == 6
+
+
+def test_interrupted_save_leaves_previous_checkpoint_loadable(tmp_path, monkeypatch):
+    path = tmp_path / STATE_NAME
+    atomic_torch_save({"step": 1}, path)
+
+    class Boom(Exception):
+        pass
+
+    def crash(*args, **kwargs):
+        raise Boom()
+
+    monkeypatch.setattr(torch, "save", crash)
+    with pytest.raises(Boom):
+        atomic_torch_save({"step": 2}, path)
+    monkeypatch.undo()
+    assert load_train_state(path)["step"] == 1
+
+
+def test_nan_guard_stops_with_clear_message(tmp_path, monkeypatch):
+    from vqgan_lc.tokenizer import losses
+
+    original = losses.TokenizerLoss.generator_loss
+
+    def poisoned(self, *args, step, **kwargs):
+        loss, logs = original(self, *args, step=step, **kwargs)
+        return (loss * float("nan") if step == 4 else loss), logs
+
+    monkeypatch.setattr(losses.TokenizerLoss, "generator_loss", poisoned)
+    with pytest.raises(FloatingPointError, match="non-finite loss at step 4"):
+        train(tiny_config(tmp_path / "nan"), progress=False)
+    assert load_train_state(tmp_path / "nan")["step"] == 3  # the last good checkpoint is kept
+
+
+def test_resume_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="cannot resume"):
+        train(tiny_config(tmp_path / "x"), resume=tmp_path / "nothing", progress=False)
+    train(tiny_config(tmp_path / "a", max_steps=1), progress=False)
+    other = tiny_config(tmp_path / "b", tokenizer_overrides=TINY[:-2] + ["quantizer.codebook_size=32",
+                                                                        "quantizer.codebook_dim=16"])
+    with pytest.raises(ValueError, match="different tokenizer configuration"):
+        train(other, resume=tmp_path / "a", progress=False)
+
+
+def test_schedule_warmup_then_cosine():
+    lrs = [lr_at(s, base_lr=1.0, warmup_steps=4, total_steps=12) for s in range(12)]
+    assert lrs[:4] == [0.25, 0.5, 0.75, 1.0]
+    assert lrs[4] == pytest.approx(1.0) and lrs[8] == pytest.approx(0.5) and lrs[11] < 0.05
+    assert all(a >= b for a, b in zip(lrs[3:], lrs[4:]))
+
+
+def test_recipes_and_overrides():
+    paper = get_recipe("paper-f16-100k")
+    assert paper.batch_size * paper.recipe_gpus == 256 and paper.betas == (0.5, 0.9)
+    assert paper.loss.disc_start == 50_000 and paper.warmup_epochs == 5
+    cfg = apply_overrides(TrainConfig(), ["lr=3e-4", "loss.disc_start=100", "betas=0.9,0.99", "max_steps=none"])
+    assert cfg.lr == 3e-4 and cfg.loss.disc_start == 100 and cfg.betas == (0.9, 0.99) and cfg.max_steps is None
+    with pytest.raises(ValueError, match="unknown field 'lrr'"):
+        apply_overrides(TrainConfig(), ["lrr=1"])
+    with pytest.raises(ValueError, match="unknown recipe"):
+        get_recipe("nope")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _ddp_worker(rank, world, port, out):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    cfg = tiny_config(out, max_steps=3, save_every=3, usage_every=3, tokenizer_overrides=TINY[:-2] + [
+        "quantizer.codebook_size=64", "quantizer.codebook_dim=16", "quantizer.kind=lc"])
+    result = train(cfg, progress=False)
+    torch.save({"state": result.model.state_dict(), "usage": result.usage_curve}, f"{out}/rank{rank}.pt")
+    torch.distributed.destroy_process_group()
+
+
+def test_two_process_gloo_ddp_keeps_ranks_identical(tmp_path):
+    ctx = mp.get_context("spawn")
+    port = _free_port()
+    (tmp_path / "ddp").mkdir()
+    procs = [ctx.Process(target=_ddp_worker, args=(r, 2, port, str(tmp_path / "ddp"))) for r in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=300)
+        assert p.exitcode == 0
+    r0, r1 = (torch.load(tmp_path / "ddp" / f"rank{r}.pt", weights_only=False) for r in range(2))
+    for key in r0["state"]:
+        assert torch.equal(r0["state"][key], r1["state"][key]), key
+    assert r0["usage"] == r1["usage"]  # all-reduced utilization is the same on both ranks
+    assert (tmp_path / "ddp" / "tokenizer" / "model.safetensors").is_file()

@@ -71,6 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--max-images", type=int)
     p.add_argument("--perceptual", default="auto", help="auto | lpips-vgg | perceptual-lite0")
+    p.add_argument("--fid", default="auto", help="auto (rFID when Inception weights are on disk) | inception | off")
+    p.add_argument("--fd-image-size", type=int, default=256, help="size FD-lite0 resizes images to")
     p.add_argument("--device", default="auto")
     p.set_defaults(func=_eval)
 

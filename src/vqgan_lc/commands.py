@@ -32,7 +32,8 @@ def run_eval(args: argparse.Namespace) -> dict:
     dataset = build_dataset(args.data, size, train=False)
     loader = DataLoader(dataset, batch_size=args.batch_size, shuffle=False, collate_fn=collate_skip_corrupt)
     config = EvalConfig(image_size=size, batch_size=args.batch_size, max_images=args.max_images,
-                        perceptual=args.perceptual, dataset=str(args.data))
+                        perceptual=args.perceptual, fid=args.fid, fd_image_size=args.fd_image_size,
+                        dataset=str(args.data))
     report = run_evaluation(model, loader, args.out, config, device=device)
     print(f"utilization {report['utilization']:.4f} over {report['num_tokens']} tokens | PSNR {report['psnr']:.2f} "
           f"| SSIM {report['ssim']:.4f} | {report['perceptual_name']} {report['perceptual']:.4f} "

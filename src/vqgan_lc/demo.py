@@ -85,7 +85,9 @@ def _evaluate(model, cfg: DemoConfig, out: Path) -> dict:
 
     data = build_dataset(f"demo:eval:{cfg.eval_crops}", cfg.image_size, train=False, seed=cfg.seed)
     loader = DataLoader(data, batch_size=64, collate_fn=collate_skip_corrupt)
+    # FD-lite0 at the crops' own 64 px keeps the demo fast; compare it only between demo models.
     config = EvalConfig(image_size=cfg.image_size, batch_size=64, perceptual="perceptual-lite0", fid="off",
+                        fd_image_size=cfg.image_size,
                         dataset=f"demo held-out crops ({cfg.eval_crops} crops of the bundled photos' held-out regions)",
                         preprocessing="random square crops of the held-out region, resized to 64 px")
     return run_evaluation(model, loader, out, config)

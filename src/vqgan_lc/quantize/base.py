@@ -97,7 +97,10 @@ class Quantizer(nn.Module):
         if self.training:
             self.update_codebook(z_flat.detach(), indices)
         loss = self.loss(z_flat, zq_flat)
-        zq_flat = z_flat + (zq_flat - z_flat).detach()  # straight-through estimator
+        if z_flat.requires_grad:
+            # Straight-through estimator. Without autograd the entries are returned as they
+            # are, so decode(quantized) equals decode_indices(indices) bit for bit.
+            zq_flat = z_flat + (zq_flat - z_flat).detach()
         quantized = rearrange(zq_flat, "(b h w) d -> b d h w", b=b, h=h, w=w)
         return QuantizerOutput(quantized, indices.view(b, h, w), loss, code_counts(indices, self.num_codes))
 

@@ -1,0 +1,205 @@
+"""The Inception-v3 network behind FID, in the layout of pytorch-fid's `pt_inception-2015-12-05` weights.
+
+FID's Inception is the 2015 TensorFlow graph, which differs from torchvision's Inception-v3
+in three places, reproduced here: average pools ignore padding (count_include_pad=False),
+the last block max-pools instead of average-pooling its pool branch, and the classifier
+has 1008 outputs. The module names match pytorch-fid's state dict key for key, so
+`pt_inception-2015-12-05-6726825d.pth` loads strictly.
+
+Weights are looked up locally (path argument, $VQGAN_LC_INCEPTION, torch hub cache); this
+project never downloads them.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+INCEPTION_FILENAME = "pt_inception-2015-12-05-6726825d.pth"
+INCEPTION_ENV = "VQGAN_LC_INCEPTION"
+FID_INPUT_SIZE = 299
+FEATURE_DIM = 2048
+
+
+class BasicConv2d(nn.Module):
+    """conv (no bias) -> BatchNorm (eps 1e-3) -> ReLU."""
+
+    def __init__(self, cin: int, cout: int, kernel, stride=1, padding=0):
+        super().__init__()
+        self.conv = nn.Conv2d(cin, cout, kernel, stride=stride, padding=padding, bias=False)
+        self.bn = nn.BatchNorm2d(cout, eps=1e-3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(self.bn(self.conv(x)))
+
+
+def _avg_pool(x: torch.Tensor) -> torch.Tensor:
+    return F.avg_pool2d(x, 3, stride=1, padding=1, count_include_pad=False)
+
+
+class InceptionA(nn.Module):
+    def __init__(self, cin: int, pool_features: int):
+        super().__init__()
+        self.branch1x1 = BasicConv2d(cin, 64, 1)
+        self.branch5x5_1 = BasicConv2d(cin, 48, 1)
+        self.branch5x5_2 = BasicConv2d(48, 64, 5, padding=2)
+        self.branch3x3dbl_1 = BasicConv2d(cin, 64, 1)
+        self.branch3x3dbl_2 = BasicConv2d(64, 96, 3, padding=1)
+        self.branch3x3dbl_3 = BasicConv2d(96, 96, 3, padding=1)
+        self.branch_pool = BasicConv2d(cin, pool_features, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b5 = self.branch5x5_2(self.branch5x5_1(x))
+        b3 = self.branch3x3dbl_3(self.branch3x3dbl_2(self.branch3x3dbl_1(x)))
+        return torch.cat([self.branch1x1(x), b5, b3, self.branch_pool(_avg_pool(x))], 1)
+
+
+class InceptionB(nn.Module):
+    def __init__(self, cin: int):
+        super().__init__()
+        self.branch3x3 = BasicConv2d(cin, 384, 3, stride=2)
+        self.branch3x3dbl_1 = BasicConv2d(cin, 64, 1)
+        self.branch3x3dbl_2 = BasicConv2d(64, 96, 3, padding=1)
+        self.branch3x3dbl_3 = BasicConv2d(96, 96, 3, stride=2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b3 = self.branch3x3dbl_3(self.branch3x3dbl_2(self.branch3x3dbl_1(x)))
+        return torch.cat([self.branch3x3(x), b3, F.max_pool2d(x, 3, stride=2)], 1)
+
+
+class InceptionC(nn.Module):
+    def __init__(self, cin: int, channels_7x7: int):
+        super().__init__()
+        c7 = channels_7x7
+        self.branch1x1 = BasicConv2d(cin, 192, 1)
+        self.branch7x7_1 = BasicConv2d(cin, c7, 1)
+        self.branch7x7_2 = BasicConv2d(c7, c7, (1, 7), padding=(0, 3))
+        self.branch7x7_3 = BasicConv2d(c7, 192, (7, 1), padding=(3, 0))
+        self.branch7x7dbl_1 = BasicConv2d(cin, c7, 1)
+        self.branch7x7dbl_2 = BasicConv2d(c7, c7, (7, 1), padding=(3, 0))
+        self.branch7x7dbl_3 = BasicConv2d(c7, c7, (1, 7), padding=(0, 3))
+        self.branch7x7dbl_4 = BasicConv2d(c7, c7, (7, 1), padding=(3, 0))
+        self.branch7x7dbl_5 = BasicConv2d(c7, 192, (1, 7), padding=(0, 3))
+        self.branch_pool = BasicConv2d(cin, 192, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b7 = self.branch7x7_3(self.branch7x7_2(self.branch7x7_1(x)))
+        d = x
+        for layer in (self.branch7x7dbl_1, self.branch7x7dbl_2, self.branch7x7dbl_3, self.branch7x7dbl_4, self.branch7x7dbl_5):
+            d = layer(d)
+        return torch.cat([self.branch1x1(x), b7, d, self.branch_pool(_avg_pool(x))], 1)
+
+
+class InceptionD(nn.Module):
+    def __init__(self, cin: int):
+        super().__init__()
+        self.branch3x3_1 = BasicConv2d(cin, 192, 1)
+        self.branch3x3_2 = BasicConv2d(192, 320, 3, stride=2)
+        self.branch7x7x3_1 = BasicConv2d(cin, 192, 1)
+        self.branch7x7x3_2 = BasicConv2d(192, 192, (1, 7), padding=(0, 3))
+        self.branch7x7x3_3 = BasicConv2d(192, 192, (7, 1), padding=(3, 0))
+        self.branch7x7x3_4 = BasicConv2d(192, 192, 3, stride=2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b3 = self.branch3x3_2(self.branch3x3_1(x))
+        b7 = self.branch7x7x3_4(self.branch7x7x3_3(self.branch7x7x3_2(self.branch7x7x3_1(x))))
+        return torch.cat([b3, b7, F.max_pool2d(x, 3, stride=2)], 1)
+
+
+class InceptionE(nn.Module):
+    """`pool="avg"` for Mixed_7b, `pool="max"` for Mixed_7c (a quirk of the TF graph FID uses)."""
+
+    def __init__(self, cin: int, pool: str):
+        super().__init__()
+        self.pool = pool
+        self.branch1x1 = BasicConv2d(cin, 320, 1)
+        self.branch3x3_1 = BasicConv2d(cin, 384, 1)
+        self.branch3x3_2a = BasicConv2d(384, 384, (1, 3), padding=(0, 1))
+        self.branch3x3_2b = BasicConv2d(384, 384, (3, 1), padding=(1, 0))
+        self.branch3x3dbl_1 = BasicConv2d(cin, 448, 1)
+        self.branch3x3dbl_2 = BasicConv2d(448, 384, 3, padding=1)
+        self.branch3x3dbl_3a = BasicConv2d(384, 384, (1, 3), padding=(0, 1))
+        self.branch3x3dbl_3b = BasicConv2d(384, 384, (3, 1), padding=(1, 0))
+        self.branch_pool = BasicConv2d(cin, 192, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        s = self.branch3x3_1(x)
+        b3 = torch.cat([self.branch3x3_2a(s), self.branch3x3_2b(s)], 1)
+        d = self.branch3x3dbl_2(self.branch3x3dbl_1(x))
+        bd = torch.cat([self.branch3x3dbl_3a(d), self.branch3x3dbl_3b(d)], 1)
+        pooled = _avg_pool(x) if self.pool == "avg" else F.max_pool2d(x, 3, stride=1, padding=1)
+        return torch.cat([self.branch1x1(x), b3, bd, self.branch_pool(pooled)], 1)
+
+
+class FIDInceptionV3(nn.Module):
+    """Images (B,3,H,W) in [-1, 1] (FID uses 299x299) -> (B, 2048) pool3 features."""
+
+    def __init__(self):
+        super().__init__()
+        self.Conv2d_1a_3x3 = BasicConv2d(3, 32, 3, stride=2)
+        self.Conv2d_2a_3x3 = BasicConv2d(32, 32, 3)
+        self.Conv2d_2b_3x3 = BasicConv2d(32, 64, 3, padding=1)
+        self.Conv2d_3b_1x1 = BasicConv2d(64, 80, 1)
+        self.Conv2d_4a_3x3 = BasicConv2d(80, 192, 3)
+        self.Mixed_5b = InceptionA(192, pool_features=32)
+        self.Mixed_5c = InceptionA(256, pool_features=64)
+        self.Mixed_5d = InceptionA(288, pool_features=64)
+        self.Mixed_6a = InceptionB(288)
+        self.Mixed_6b = InceptionC(768, channels_7x7=128)
+        self.Mixed_6c = InceptionC(768, channels_7x7=160)
+        self.Mixed_6d = InceptionC(768, channels_7x7=160)
+        self.Mixed_6e = InceptionC(768, channels_7x7=192)
+        self.Mixed_7a = InceptionD(768)
+        self.Mixed_7b = InceptionE(1280, pool="avg")
+        self.Mixed_7c = InceptionE(2048, pool="max")
+        self.fc = nn.Linear(FEATURE_DIM, 1008)  # unused for FID; kept so the checkpoint loads strictly
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.Conv2d_2b_3x3(self.Conv2d_2a_3x3(self.Conv2d_1a_3x3(x)))
+        x = F.max_pool2d(x, 3, stride=2)
+        x = self.Conv2d_4a_3x3(self.Conv2d_3b_1x1(x))
+        x = F.max_pool2d(x, 3, stride=2)
+        for name in ("5b", "5c", "5d", "6a", "6b", "6c", "6d", "6e", "7a", "7b", "7c"):
+            x = getattr(self, f"Mixed_{name}")(x)
+        return x.mean(dim=(2, 3))
+
+
+def inception_weights_path(path: str | os.PathLike | None = None) -> Path | None:
+    """`path` if given (None when absent), else the first existing of $VQGAN_LC_INCEPTION and the torch hub cache."""
+    if path:  # an explicit path is the only place looked at
+        return Path(path) if Path(path).is_file() else None
+    for candidate in (os.environ.get(INCEPTION_ENV), Path(torch.hub.get_dir()) / "checkpoints" / INCEPTION_FILENAME):
+        if candidate and Path(candidate).is_file():
+            return Path(candidate)
+    return None
+
+
+def available(path: str | os.PathLike | None = None) -> bool:
+    """True when the FID Inception weights are on disk."""
+    return inception_weights_path(path) is not None
+
+
+def load_fid_inception(path: str | os.PathLike | None = None) -> FIDInceptionV3:
+    """The FID Inception (eval, frozen) from pytorch-fid's local weight file."""
+    file = inception_weights_path(path)
+    if file is None and path:
+        raise RuntimeError(f"FID Inception weights not found at {path}")
+    if file is None:
+        raise RuntimeError(
+            f"FID Inception weights not found: put pytorch-fid's {INCEPTION_FILENAME} in "
+            f"{Path(torch.hub.get_dir()) / 'checkpoints'}, set ${INCEPTION_ENV}, or pass its path"
+        )
+    state = torch.load(file, map_location="cpu", weights_only=True)
+    with torch.device("meta"):  # skip a random init that the checkpoint overwrites
+        model = FIDInceptionV3()
+    # the file predates BatchNorm's batch counter; the counter plays no part in eval mode
+    for key in model.state_dict():
+        if key.endswith("num_batches_tracked"):
+            state.setdefault(key, torch.zeros((), dtype=torch.long))
+    missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
+    if missing or unexpected:
+        raise RuntimeError(f"{file} is not pytorch-fid's Inception state dict (missing {missing[:3]}, unexpected {unexpected[:3]})")
+    return model.eval().requires_grad_(False)

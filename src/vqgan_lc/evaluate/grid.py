@@ -1,0 +1,67 @@
+"""PNG grids of images, and of originals above their reconstructions (PIL, no torchvision)."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+PADDING = 2  # pixels of white between tiles
+COMPARISON_COLUMNS = 8
+
+
+def _to_uint8(images: torch.Tensor) -> np.ndarray:
+    """(N,3,H,W) in [-1, 1] -> (N,H,W,3) uint8."""
+    if images.dim() != 4 or images.shape[1] != 3:
+        raise ValueError(f"expected images (N,3,H,W) in [-1,1], got {tuple(images.shape)}")
+    x = ((images.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return x.permute(0, 2, 3, 1).cpu().numpy()
+
+
+def _tile(tiles: np.ndarray, nrow: int) -> np.ndarray:
+    """(N,H,W,3) -> one canvas with `nrow` tiles per row, row-major, white padding."""
+    n, h, w, _ = tiles.shape
+    rows = -(-n // nrow)
+    canvas = np.full((rows * (h + PADDING) + PADDING, nrow * (w + PADDING) + PADDING, 3), 255, dtype=np.uint8)
+    for i in range(n):
+        r, c = divmod(i, nrow)
+        top, left = PADDING + r * (h + PADDING), PADDING + c * (w + PADDING)
+        canvas[top : top + h, left : left + w] = tiles[i]
+    return canvas
+
+
+def _save_png(canvas: np.ndarray, path: str | os.PathLike) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(canvas).save(path, format="PNG")
+
+
+def save_grid(images: torch.Tensor, path: str | os.PathLike, nrow: int = 8) -> None:
+    """Save (N,3,H,W) images in [-1, 1] as a PNG grid with `nrow` images per row."""
+    if nrow < 1 or images.shape[0] < 1:
+        raise ValueError(f"save_grid needs nrow >= 1 and at least one image, got nrow={nrow}, {images.shape[0]} images")
+    _save_png(_tile(_to_uint8(images), nrow), path)
+
+
+def save_comparison_grid(
+    originals: torch.Tensor, reconstructions: torch.Tensor, path: str | os.PathLike, max_images: int = 16
+) -> None:
+    """Save the first `max_images` pairs: each row of originals (up to 8) directly above the
+    row of their reconstructions."""
+    if originals.shape != reconstructions.shape:
+        raise ValueError(f"originals {tuple(originals.shape)} and reconstructions {tuple(reconstructions.shape)} differ in shape")
+    n = min(originals.shape[0], max_images)
+    if n < 1:
+        raise ValueError("save_comparison_grid needs at least one image pair")
+    cols = min(n, COMPARISON_COLUMNS)
+    top, bottom = _to_uint8(originals[:n]), _to_uint8(reconstructions[:n])
+    tiles = []
+    for start in range(0, n, cols):
+        for block in (top, bottom):
+            chunk = block[start : start + cols]
+            if len(chunk) < cols:  # keep every pair in the same column: pad the short last row
+                chunk = np.concatenate([chunk, np.full((cols - len(chunk), *chunk.shape[1:]), 255, np.uint8)])
+            tiles.append(chunk)
+    _save_png(_tile(np.concatenate(tiles), cols), path)

@@ -133,3 +133,12 @@ def test_eval_cache_is_invalidated_by_train_and_load():
     torch.testing.assert_close(q.search_codebook()[0], q.latent_codebook().detach())
     q.load_codebook(torch.zeros(50, 12))
     torch.testing.assert_close(q.search_codebook()[0], q.projector.bias.detach().expand(50, 4))
+
+
+def test_lc_codebook_standardized_unless_disabled():
+    raw = torch.randn(50, 12) * 40 + 7
+    q = build_quantizer(_cfg("lc"), raw)
+    torch.testing.assert_close(q.codebook.mean(0), torch.zeros(12), atol=1e-5, rtol=0)
+    assert q.codebook.square().sum(1).mean().sqrt().item() == pytest.approx(1.0, rel=1e-5)
+    kept = build_quantizer(_cfg("lc", standardize_codebook=False), raw)
+    assert torch.equal(kept.codebook, raw)

@@ -17,6 +17,13 @@ class QuantizerConfig:
     projector: str = "linear"      # "linear" (paper) | "mlp" (C->256->ReLU->D', in the reference code) | "none"
     projector_hidden: int = 256
     train_codebook: bool = False   # paper's ablation: trainable codebook + projector (99.1% / rFID 2.65)
+    # Centre the given codebook and scale it to unit RMS norm before storing it. The linear
+    # projector absorbs any shift and uniform scale, so the model family is unchanged; only the
+    # start is better conditioned: projected entries then begin at the latents' scale (N(0, D'^-0.5)
+    # weights give ~unit-norm entries) whatever the backbone's feature magnitudes (EfficientNet
+    # features have norms ~65, so raw entries would start far outside the latent cloud and all
+    # latents would snap to one entry).
+    standardize_codebook: bool = True
     # --- fc only ---
     l2_normalize: bool = False     # ViT-VQGAN's factorized codes with l2-normalised (cosine) lookup
     # --- ema only ---

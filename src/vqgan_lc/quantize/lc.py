@@ -12,6 +12,13 @@ from .base import Quantizer
 from .config import QuantizerConfig
 
 
+def standardize(codebook: torch.Tensor) -> torch.Tensor:
+    """Centre the entries and scale them to unit root-mean-square norm (see QuantizerConfig)."""
+    centred = codebook - codebook.mean(dim=0, keepdim=True)
+    rms = centred.square().sum(dim=1).mean().sqrt().clamp_min(1e-12)
+    return centred / rms
+
+
 def build_projector(kind: str, cin: int, cout: int, hidden: int) -> nn.Module:
     if kind == "linear":
         proj = nn.Linear(cin, cout, bias=True)
@@ -35,6 +42,8 @@ class LCQuantizer(Quantizer):
             raise ValueError(f"LC codebook must have shape {shape} (codebook_size x codebook_dim), "
                              f"got {tuple(codebook.shape)}")
         codebook = codebook.detach().float().clone()
+        if config.standardize_codebook:
+            codebook = standardize(codebook)
         if config.train_codebook:
             self.codebook = nn.Parameter(codebook)
         else:
@@ -51,5 +60,8 @@ class LCQuantizer(Quantizer):
         if tuple(codebook.shape) != tuple(self.codebook.shape):
             raise ValueError(f"codebook of shape {tuple(codebook.shape)} does not fit this quantizer "
                              f"({self.config.codebook_size} x {self.config.codebook_dim})")
+        codebook = codebook.detach().float()
+        if self.config.standardize_codebook:
+            codebook = standardize(codebook)
         self.codebook.copy_(codebook.to(self.codebook))
         self._cache = None

@@ -102,6 +102,7 @@ def export_for_inference(model):
     config.quantizer.projector = "none"
     config.quantizer.codebook_dim = config.quantizer.dim
     config.quantizer.train_codebook = False
+    config.quantizer.standardize_codebook = False  # the projected entries are stored exactly as they are
     exported = VQModel(config, projected)
     state = {k: v for k, v in model.state_dict().items() if not k.startswith("quantizer.")}
     exported.load_state_dict(state, strict=False)

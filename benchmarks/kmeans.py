@@ -33,7 +33,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 # faiss's OpenBLAS kernel must be chosen before anything imports faiss, and the package's
 # quantizer does; this file imports nothing from the package.
-runpy.run_path(str(ROOT / "src" / "vqgan_lc" / "codebook" / "_faiss.py"))
+runpy.run_path(str(ROOT / "src" / "vqgan_lc" / "_faiss.py"))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from vqgan_lc.codebook._faiss import faiss
+from vqgan_lc._faiss import faiss
 
 AUTO_IVF_MIN_K = 4096
 IVF_NPROBE = 8

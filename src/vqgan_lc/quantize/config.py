@@ -34,7 +34,7 @@ class QuantizerConfig:
     beta: float = 0.33
     # --- nearest-neighbour search ---
     memory_budget_mb: float = 256.0  # transient memory bound of the search, whatever tokens x N
-    search_backend: str = "auto"     # "auto" | "torch" | "faiss"
+    search_backend: str = "auto"     # "auto" | "torch" | "kdtree" | "faiss" (see quantize/search.py)
 
     def validate(self) -> None:
         if self.kind not in KINDS:
@@ -51,5 +51,8 @@ class QuantizerConfig:
             raise ValueError(f"projector / train_codebook apply to kind='lc' only, not {self.kind!r}")
         if self.l2_normalize and self.kind != "fc":
             raise ValueError("l2_normalize applies to kind='fc' (factorized codes) only")
+        from .search import BACKENDS
+        if self.search_backend not in BACKENDS:
+            raise ValueError(f"search_backend {self.search_backend!r} unknown; choose one of {BACKENDS}")
         if not 0.0 < self.ema_decay < 1.0:
             raise ValueError(f"ema_decay must lie in (0, 1), got {self.ema_decay}")

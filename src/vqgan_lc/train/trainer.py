@@ -15,8 +15,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.distributed as dist
+from PIL import Image
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Sampler
 from tqdm import tqdm
@@ -258,6 +260,8 @@ def train(config: TrainConfig, *, resume: str | os.PathLike | None = None, stop_
             grid = out_dir / "samples" / f"step_{step:07d}.png"
             grid.parent.mkdir(exist_ok=True)
             save_comparison_grid(images[:8].cpu(), recon[:8].clamp(-1, 1).cpu(), grid, max_images=8)
+            with Image.open(grid) as picture:
+                writer.add_image("reconstructions", np.asarray(picture.convert("RGB")), step, dataformats="HWC")
         bar.update(1)
         if step % config.save_every == 0 or step == total_steps:
             save()

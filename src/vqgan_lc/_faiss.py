@@ -7,7 +7,8 @@ OPENBLAS_CORETYPE once, when the library loads, so `configure_openblas()` must r
 the first `import faiss` of the process, and it leaves any value the user chose alone:
 AVX-512 CPUs get the SkylakeX kernels, AVX2 CPUs the Haswell ones. numpy and torch load
 their own BLAS and are unaffected. This file imports nothing from the package, so a
-script can run it first (`runpy.run_path`) when the package itself imports faiss.
+script can run it first (`runpy.run_path`); `vqgan_lc/__init__.py` imports it before anything
+else loads faiss.
 """
 from __future__ import annotations
 

@@ -24,6 +24,7 @@ def test_quick_demo_writes_report_models_grids_and_plot(tmp_path):
         assert report["usage_curves"][name]
     assert report["codebook"]["backbone"] == "efficientnet-lite0"
     assert (out / "utilization.png").stat().st_size > 1000
+    assert (out / "comparison.png").is_file()
     assert "| vqgan-lc |" in (out / "report.md").read_text()
     # each trained tokenizer is saved where `vqgan-lc eval` can load it
     assert main(["eval", str(out / "vqgan-lc" / "tokenizer"), "--data", "demo:eval:4", "--out", str(tmp_path / "ev"),

@@ -6,7 +6,8 @@
    (a learned codebook of the same size) with the same architecture, data and step budget;
 3. evaluate both on held-out crops (pixels never seen in training) holding >= 10 N tokens, so
    utilization is measured over a window large enough to mean something;
-4. write report.json / report.md, reconstruction grids and a utilization-over-training plot.
+4. write report.json / report.md, reconstruction grids (comparison.png: held-out originals, then
+   VQGAN-LC, then VQGAN) and a utilization-over-training plot.
 """
 from __future__ import annotations
 
@@ -38,7 +39,7 @@ class DemoConfig:
     kmeans_iters: int = 20
     image_size: int = 64             # the tiny presets: 64 px crops, f8 -> 8x8 tokens
     train_crops: int = 2048          # crops per epoch (new random crops every epoch)
-    steps: int = 250
+    steps: int = 200
     batch_size: int = 16
     lr: float = 1e-3
     tokens_per_entry: int = 10       # eval window: >= 10 N tokens
@@ -93,6 +94,18 @@ def _evaluate(model, cfg: DemoConfig, out: Path) -> dict:
     return run_evaluation(model, loader, out, config)
 
 
+def _comparison_grid(models: dict, cfg: DemoConfig, path: Path, count: int = 8) -> None:
+    """Held-out originals (top row) above each model's reconstructions, one row per model."""
+    from .evaluate.grid import save_grid
+
+    data = build_dataset(f"demo:eval:{cfg.eval_crops}", cfg.image_size, train=False, seed=cfg.seed)
+    originals = torch.stack([data[i]["image"] for i in range(min(count, len(data)))])
+    rows = [originals]
+    with torch.no_grad():
+        rows += [model(originals).reconstruction.clamp(-1, 1) for model in models.values()]
+    save_grid(torch.cat(rows), path, nrow=len(originals))
+
+
 def _plot_usage(curves: dict[str, list[dict]], path: Path) -> None:
     import matplotlib
     matplotlib.use("Agg")
@@ -129,12 +142,15 @@ def run_demo(cfg: DemoConfig) -> dict:
     log.info("building a %d-entry codebook from %d crops of the bundled photos", cfg.codebook_size, cfg.codebook_crops)
     codebook_info = build_demo_codebook(cfg, codebook_path)
     report = {"config": asdict(cfg), "codebook": codebook_info, "models": {}, "usage_curves": {}}
+    trained = {}
     for name, preset in MODELS.items():
         log.info("training %s (%s), %d steps", name, preset, cfg.steps)
         result = train(_train_config(cfg, preset, out / name, codebook_path if name == "vqgan-lc" else None))
         report["usage_curves"][name] = result.usage_curve
         report["models"][name] = _evaluate(result.model, cfg, out / name / "eval")
+        trained[name] = result.model
     _plot_usage(report["usage_curves"], out / "utilization.png")
+    _comparison_grid(trained, cfg, out / "comparison.png")
     report["seconds"] = round(time.perf_counter() - started, 1)
     (out / "report.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
     table = _markdown(report)

@@ -134,7 +134,6 @@ def convert_reference_state_dict(state: dict[str, torch.Tensor]) -> dict[str, to
 
 def load_reference_checkpoint(path: str | os.PathLike, config: TokenizerConfig):
     """Build our model from a reference VQGAN-LC `.pth` checkpoint and the matching config."""
-    from .model import VQModel
 
     if not Path(path).is_file():
         raise FileNotFoundError(f"reference checkpoint {path} not found")

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -149,8 +148,9 @@ def train(config: TrainConfig, *, resume: str | os.PathLike | None = None, stop_
     if env.enabled:
         # The frozen codebook is identical everywhere and EMA buffers are all-reduced by the
         # quantizer itself: broadcasting buffers every step would ship ~307 MB at 100K x 768.
+        # (torch 2.13 prefers `forward_sync_buffers`, which still syncs at init; this keeps both off.)
         ddp_model = DistributedDataParallel(model, device_ids=[env.local_rank] if env.device.type == "cuda" else None,
-                                            broadcast_buffers=False)  # noqa: deprecated name kept: it skips the init sync too
+                                            broadcast_buffers=False)
 
     writer = None
     if env.is_main:

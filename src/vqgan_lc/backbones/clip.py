@@ -32,6 +32,15 @@ CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
+def to_clip_pixels(images: torch.Tensor, size: int) -> torch.Tensor:
+    """Images in [-1, 1] -> CLIP's input: bicubic resize to `size`, then OpenAI mean/std normalisation."""
+    if images.shape[-2:] != (size, size):
+        images = F.interpolate(images, size=(size, size), mode="bicubic", align_corners=False, antialias=True)
+    mean = images.new_tensor(CLIP_MEAN).view(1, 3, 1, 1)
+    std = images.new_tensor(CLIP_STD).view(1, 3, 1, 1)
+    return ((images + 1) / 2 - mean) / std
+
+
 @dataclass(frozen=True)
 class ClipVitSpec:
     hf_id: str  # the official Hugging Face model id, looked up in the local cache only
@@ -78,14 +87,9 @@ class ClipVitBackbone(FeatureBackbone):
         super().__init__(name, config.projection_dim, config.image_size, "post_layernorm+visual_projection")
         self.model = model
         self.grid = config.image_size // config.patch_size
-        self.register_buffer("mean", torch.tensor(CLIP_MEAN).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(CLIP_STD).view(1, 3, 1, 1), persistent=False)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        if images.shape[-2:] != (self.input_size, self.input_size):
-            images = F.interpolate(images, size=(self.input_size, self.input_size), mode="bicubic",
-                                   align_corners=False, antialias=True)
-        pixels = ((images + 1) / 2 - self.mean) / self.std
+        pixels = to_clip_pixels(images, self.input_size)
         tokens = self.model.vision_model(pixel_values=pixels).last_hidden_state  # (B, 1 + g*g, width)
         patches = self.model.visual_projection(self.model.vision_model.post_layernorm(tokens[:, 1:]))
         b, n, c = patches.shape

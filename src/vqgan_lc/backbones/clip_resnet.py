@@ -19,10 +19,9 @@ import os
 from collections import OrderedDict
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from vqgan_lc.backbones.clip import CLIP_MEAN, CLIP_STD
+from vqgan_lc.backbones.clip import to_clip_pixels
 from vqgan_lc.backbones.registry import FeatureBackbone
 
 RN50_ENV = "VQGAN_LC_CLIP_RN50"
@@ -103,14 +102,9 @@ class ClipResNetBackbone(FeatureBackbone):
             raise ValueError(f"clip-rn50: unknown layer {layer!r}; choose from {sorted(RN50_CHANNELS)}")
         super().__init__("clip-rn50", RN50_CHANNELS[layer], input_size, layer)
         self.model = model
-        self.register_buffer("mean", torch.tensor(CLIP_MEAN).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(CLIP_STD).view(1, 3, 1, 1), persistent=False)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        if images.shape[-2:] != (self.input_size, self.input_size):
-            images = F.interpolate(images, size=(self.input_size, self.input_size), mode="bicubic",
-                                   align_corners=False, antialias=True)
-        return self.model(((images + 1) / 2 - self.mean) / self.std, self.layer)
+        return self.model(to_clip_pixels(images, self.input_size), self.layer)
 
 
 def _read_state(path: str) -> dict[str, torch.Tensor]:

@@ -142,3 +142,14 @@ def test_lc_codebook_standardized_unless_disabled():
     assert q.codebook.square().sum(1).mean().sqrt().item() == pytest.approx(1.0, rel=1e-5)
     kept = build_quantizer(_cfg("lc", standardize_codebook=False), raw)
     assert torch.equal(kept.codebook, raw)
+
+
+def test_lc_loads_a_codebook_file_directly(tmp_path):
+    from vqgan_lc.codebook import save_codebook
+    vectors = torch.randn(50, 12)
+    save_codebook(tmp_path / "cb.safetensors", vectors, {"backbone": "test", "k": 50})
+    from_file = build_quantizer(_cfg("lc"), str(tmp_path / "cb.safetensors"))
+    from_tensor = build_quantizer(_cfg("lc"), vectors)
+    assert torch.equal(from_file.codebook, from_tensor.codebook)
+    with pytest.raises(ValueError, match="shape"):
+        build_quantizer(_cfg("lc", codebook_size=49), str(tmp_path / "cb.safetensors"))

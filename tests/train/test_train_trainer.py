@@ -57,6 +57,23 @@ def test_outputs_checkpoint_grid_tensorboard_and_usage(tmp_path):
     assert json.loads((run / "train_config.json").read_text())["max_steps"] == 6
 
 
+def test_corrupt_images_are_skipped_and_listed(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(8):
+        Image.fromarray(rng.integers(0, 255, (40, 36, 3), dtype=np.uint8)).save(folder / f"ok{i}.png")
+    (folder / "broken.png").write_bytes(b"\x89PNG not really")
+    (folder / "empty.jpg").write_bytes(b"")
+    result = train(tiny_config(tmp_path / "run", data=str(folder), max_steps=4, batch_size=5), progress=False)
+    assert result.step == 4
+    listed = (tmp_path / "run" / "skipped_rank0.txt").read_text()
+    assert "broken.png" in listed and "empty.jpg" in listed
+
+
 def test_interrupted_save_leaves_previous_checkpoint_loadable(tmp_path, monkeypatch):
     path = tmp_path / STATE_NAME
     atomic_torch_save({"step": 1}, path)

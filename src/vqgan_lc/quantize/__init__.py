@@ -10,8 +10,8 @@ from .lc import LCQuantizer
 from .vq import LearnedQuantizer
 
 
-def build_quantizer(config: QuantizerConfig, codebook: torch.Tensor | None = None) -> Quantizer:
-    """`lc` takes the frozen (N, C) codebook; the other kinds learn theirs."""
+def build_quantizer(config: QuantizerConfig, codebook: torch.Tensor | str | None = None) -> Quantizer:
+    """`lc` takes the frozen (N, C) codebook (a tensor or a codebook file); the other kinds learn theirs."""
     config.validate()
     if config.kind == "lc":
         return LCQuantizer(config, codebook)

@@ -5,6 +5,8 @@ still follow the latent distribution: that is why 100,000+ entries stay ~99% use
 """
 from __future__ import annotations
 
+import os
+
 import torch
 from torch import nn
 
@@ -31,8 +33,13 @@ def build_projector(kind: str, cin: int, cout: int, hidden: int) -> nn.Module:
 
 
 class LCQuantizer(Quantizer):
-    def __init__(self, config: QuantizerConfig, codebook: torch.Tensor | None = None):
+    """`codebook`: an (N, C) tensor, or the path of a codebook file from `vqgan-lc codebook build`."""
+
+    def __init__(self, config: QuantizerConfig, codebook: torch.Tensor | str | os.PathLike | None = None):
         super().__init__(config)
+        if isinstance(codebook, (str, os.PathLike)):
+            from ..codebook.io import load_codebook
+            codebook = load_codebook(codebook).vectors
         shape = (config.codebook_size, config.codebook_dim)
         if codebook is None:
             # Placeholder until a k-means codebook is loaded (from_pretrained / load_codebook);

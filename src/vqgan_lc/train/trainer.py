@@ -179,7 +179,7 @@ def train(config: TrainConfig, *, resume: str | os.PathLike | None = None, stop_
     autocast = torch.autocast(device_type=env.device.type, dtype=torch.bfloat16, enabled=config.precision == "bf16")
     bar = tqdm(total=total_steps, initial=step, disable=not (progress and env.is_main), unit="step",
                dynamic_ncols=True)
-    skipped_total, t0, images_seen = 0, time.perf_counter(), 0
+    skipped_total, skipped_files, t0, images_seen = 0, [], time.perf_counter(), 0
     model.train()
     loss_fn.train()
     loader_iter, epoch = None, -1
@@ -206,6 +206,7 @@ def train(config: TrainConfig, *, resume: str | os.PathLike | None = None, stop_
         for _ in range(config.grad_accum):
             batch = next(loader_iter)
             skipped_total += batch["num_skipped"]
+            skipped_files.extend(batch["skipped"])
             images = batch["image"].to(env.device, non_blocking=True)
             with autocast:
                 out = ddp_model(images)
@@ -268,8 +269,12 @@ def train(config: TrainConfig, *, resume: str | os.PathLike | None = None, stop_
         if stop_at_step is not None and step >= stop_at_step:
             save()
     bar.close()
-    if skipped_total and env.is_main:
-        log.warning("%d unreadable images were skipped", skipped_total)
+    if skipped_files:
+        # every rank lists what it could not read (ranks load disjoint images)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        listing = out_dir / f"skipped_rank{env.rank}.txt"
+        listing.write_text("".join(f"{path}\t{reason}\n" for path, reason in skipped_files))
+        log.warning("%d unreadable images were skipped on rank %d; listed in %s", skipped_total, env.rank, listing)
     if writer:
         writer.close()
     barrier()

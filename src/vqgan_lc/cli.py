@@ -17,7 +17,8 @@ def _train(args: argparse.Namespace) -> None:
         config.out_dir = args.out
     apply_overrides(config, args.set)
     result = train(config, resume=args.resume)
-    print(f"trained {result.step} steps; tokenizer saved in {result.out_dir / 'tokenizer'}")
+    if result.is_main:
+        print(f"trained {result.step} steps; tokenizer saved in {result.out_dir / 'tokenizer'}")
 
 
 def _eval(args: argparse.Namespace) -> None:

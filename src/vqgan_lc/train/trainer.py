@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -106,6 +107,7 @@ class TrainResult:
     step: int
     history: list[dict] = field(default_factory=list)       # per-step logs (rank 0 view, averaged)
     usage_curve: list[dict] = field(default_factory=list)   # {"step", "utilization", "num_tokens"} windows
+    is_main: bool = True                                     # rank 0 (the process that wrote the files)
 
 
 # --- the loop --------------------------------------------------------------------------------------
@@ -149,8 +151,10 @@ def train(config: TrainConfig, *, resume: str | os.PathLike | None = None, stop_
         # The frozen codebook is identical everywhere and EMA buffers are all-reduced by the
         # quantizer itself: broadcasting buffers every step would ship ~307 MB at 100K x 768.
         # (torch 2.13 prefers `forward_sync_buffers`, which still syncs at init; this keeps both off.)
-        ddp_model = DistributedDataParallel(model, device_ids=[env.local_rank] if env.device.type == "cuda" else None,
-                                            broadcast_buffers=False)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*broadcast_buffers.*", category=FutureWarning)
+            ddp_model = DistributedDataParallel(model, broadcast_buffers=False,
+                                                device_ids=[env.local_rank] if env.device.type == "cuda" else None)
 
     writer = None
     if env.is_main:
@@ -278,4 +282,4 @@ def train(config: TrainConfig, *, resume: str | os.PathLike | None = None, stop_
     if writer:
         writer.close()
     barrier()
-    return TrainResult(model.eval(), out_dir, step, history, usage_curve)
+    return TrainResult(model.eval(), out_dir, step, history, usage_curve, is_main=env.is_main)

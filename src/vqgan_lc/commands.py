@@ -14,9 +14,8 @@ from .tokenizer.model import VQModel
 
 
 def _device(name: str = "auto") -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    from .train.distributed import resolve_device
+    return resolve_device(name)
 
 
 def load_tokenizer(path: str, device: torch.device) -> VQModel:

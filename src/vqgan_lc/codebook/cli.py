@@ -59,13 +59,9 @@ def add_codebook_commands(subparsers) -> None:
 
 
 def _device(name: str) -> str:
-    import torch
+    from vqgan_lc.train.distributed import resolve_device
 
-    if name != "auto":
-        return name
-    if torch.cuda.is_available():
-        return f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
-    return "cpu"
+    return str(resolve_device(name))
 
 
 def _init_distributed(device: str) -> None:

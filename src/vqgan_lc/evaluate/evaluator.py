@@ -19,6 +19,7 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from vqgan_lc.backbones import inception
+from vqgan_lc.data.transforms import to_uint8
 from vqgan_lc.evaluate.frechet import InceptionFeatures, Lite0Features, RunningMoments, frechet_from_moments
 from vqgan_lc.evaluate.grid import save_comparison_grid
 from vqgan_lc.evaluate.metrics import psnr, psnr_y, ssim
@@ -65,7 +66,7 @@ def _is_main() -> bool:
 
 def _round_8bit(images: torch.Tensor) -> torch.Tensor:
     """Clamp to [-1, 1] and round to the 256 levels an image file can hold."""
-    return ((images.float().clamp(-1, 1) + 1) * 127.5).round() / 127.5 - 1
+    return to_uint8(images).float() / 127.5 - 1
 
 
 def _resolve_perceptual(config: EvalConfig) -> str:

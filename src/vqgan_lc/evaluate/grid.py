@@ -8,6 +8,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from vqgan_lc.data.transforms import to_uint8
+
 PADDING = 2  # pixels of white between tiles
 COMPARISON_COLUMNS = 8
 
@@ -16,8 +18,7 @@ def _to_uint8(images: torch.Tensor) -> np.ndarray:
     """(N,3,H,W) in [-1, 1] -> (N,H,W,3) uint8."""
     if images.dim() != 4 or images.shape[1] != 3:
         raise ValueError(f"expected images (N,3,H,W) in [-1,1], got {tuple(images.shape)}")
-    x = ((images.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-    return x.permute(0, 2, 3, 1).cpu().numpy()
+    return to_uint8(images).permute(0, 2, 3, 1).cpu().numpy()
 
 
 def _tile(tiles: np.ndarray, nrow: int) -> np.ndarray:

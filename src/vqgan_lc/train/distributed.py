@@ -25,19 +25,27 @@ class DistEnv:
         return self.world_size > 1
 
 
+def resolve_device(name: str = "auto") -> torch.device:
+    """"auto" -> this process's GPU (LOCAL_RANK under torchrun) when CUDA is available, else the CPU."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        return torch.device("cpu")
+    return torch.device(name)
+
+
 def init_distributed(device: str = "auto") -> DistEnv:
     """Join the process group when launched by torchrun (WORLD_SIZE > 1); single-process otherwise."""
-    want_cuda = torch.cuda.is_available() if device == "auto" else device.startswith("cuda")
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local = int(os.environ.get("LOCAL_RANK", "0"))
-    if want_cuda:
-        torch.cuda.set_device(local)
-        dev = torch.device("cuda", local)
-    else:
-        dev = torch.device("cpu")
+    dev = resolve_device(device)
+    if dev.type == "cuda":
+        if dev.index is None:
+            dev = torch.device("cuda", local)
+        torch.cuda.set_device(dev)
     if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if want_cuda else "gloo", timeout=datetime.timedelta(minutes=30))
+        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo", timeout=datetime.timedelta(minutes=30))
     return DistEnv(rank, world, local, dev)
 
 

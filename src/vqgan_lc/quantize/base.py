@@ -6,6 +6,7 @@ the lookup of the chosen entries (`F.embedding`), never through the argmin.
 """
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
 import torch
@@ -26,7 +27,7 @@ class QuantizerOutput:
     counts: torch.Tensor      # (N,) int64 usage counts of this batch (bincount)
 
 
-class Quantizer(nn.Module):
+class Quantizer(nn.Module, ABC):
     """Base class: z (B, D', H, W) -> QuantizerOutput."""
 
     def __init__(self, config: QuantizerConfig):
@@ -36,9 +37,9 @@ class Quantizer(nn.Module):
         self._cache: tuple[torch.Tensor, torch.Tensor] | None = None
 
     # --- what subclasses define -------------------------------------------------------------
+    @abstractmethod
     def latent_codebook(self) -> torch.Tensor:
         """(N, D') entries in the latent space (projected for LC), with autograd where trainable."""
-        raise NotImplementedError  # abstract
 
     def normalize(self, z: torch.Tensor) -> torch.Tensor:
         """Hook for cosine codes (FC with l2 normalisation): identity by default."""

@@ -65,21 +65,30 @@ class Quantizer(nn.Module, ABC):
         self._cache = None
         return super()._apply(fn, *args, **kwargs)
 
-    def search_codebook(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Detached fp32 latent codebook and its squared norms; cached while in eval mode."""
+    def fp32_latent_codebook(self) -> torch.Tensor:
+        """`latent_codebook()` computed in fp32 even under autocast (the search must stay fp32)."""
+        with torch.autocast(device_type="cuda", enabled=False), torch.autocast(device_type="cpu", enabled=False):
+            return self.latent_codebook().float()
+
+    def search_codebook(self, latent: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Detached fp32 latent codebook and its squared norms; cached while in eval mode.
+
+        `latent`: the step's `fp32_latent_codebook()` when the caller already computed it,
+        so a training step projects the (N, C) codebook once, not twice.
+        """
         if self._cache is not None and not self.training:
             return self._cache
-        with torch.no_grad(), torch.autocast(device_type="cuda", enabled=False), \
-                torch.autocast(device_type="cpu", enabled=False):
-            entries = self.normalize(self.latent_codebook().float()).contiguous()
+        with torch.no_grad():
+            latent = self.fp32_latent_codebook() if latent is None else latent.detach()
+            entries = self.normalize(latent).contiguous()
             norms = codebook_sq_norms(entries)
         if not self.training:
             self._cache = (entries, norms)
         return entries, norms
 
-    def search(self, z_flat: torch.Tensor) -> torch.Tensor:
+    def search(self, z_flat: torch.Tensor, prepared: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         """Indices (M,) of the nearest entries to rows of z_flat (M, D'); memory-bounded, no autograd."""
-        entries, norms = self.search_codebook()
+        entries, norms = prepared if prepared is not None else self.search_codebook()
         metric = "cosine" if self.config.l2_normalize else "l2"
         indices, _ = nearest_codes(z_flat.detach(), entries, codebook_sq_norms=norms, metric=metric,
                                    memory_budget_mb=self.config.memory_budget_mb,
@@ -91,10 +100,13 @@ class Quantizer(nn.Module, ABC):
             raise ValueError(f"quantizer expects z of shape (B, {self.dim}, H, W), got {tuple(z.shape)}")
         b, _, h, w = z.shape
         z_flat = self.normalize(rearrange(z, "b d h w -> (b h w) d"))
-        indices = self.search(z_flat)
-        # Gradients reach the projector / trainable codebook through this lookup.
-        codebook = self.latent_codebook() if self.training else self.search_codebook()[0]
-        zq_flat = self.normalize(F.embedding(indices, codebook)).to(z_flat.dtype)
+        # Training: one projection per step, with autograd, shared by the search and the lookup
+        # (gradients reach the projector / trainable codebook through the lookup). Eval: cached.
+        codebook = self.fp32_latent_codebook() if self.training else None
+        prepared = self.search_codebook(codebook)
+        indices = self.search(z_flat, prepared)
+        lookup = codebook if codebook is not None else prepared[0]
+        zq_flat = self.normalize(F.embedding(indices, lookup)).to(z_flat.dtype)
         if self.training:
             self.update_codebook(z_flat.detach(), indices)
         loss = self.loss(z_flat, zq_flat)

@@ -134,7 +134,6 @@ def _markdown(report: dict) -> str:
 
 
 def run_demo(cfg: DemoConfig) -> dict:
-    torch.set_num_threads(max(torch.get_num_threads(), 1))
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()

@@ -141,3 +141,48 @@ def test_two_processes_extract_disjoint_slices_into_one_manifest(tmp_path):
     assert {s["file"][:8] for s in multi.manifest["shards"]} == {"shard-r0", "shard-r1"}
     assert multi.manifest["image_ids"] == single.manifest["image_ids"] and multi.manifest["num_skipped"] == 1
     assert np.array_equal(np.load(tmp_path / "out.npy"), single.vectors[0:len(single.vectors)])
+
+
+def test_the_cache_key_follows_the_files_content_and_absolute_paths(tmp_path, monkeypatch):
+    import shutil
+
+    from vqgan_lc.codebook.feature_store import dataset_fingerprint, features_key
+
+    records = make_dataset(tmp_path / "here" / "data", corrupt=False)
+    origin = tiny_backbone().describe()
+    key = features_key(dataset_fingerprint(records), origin, 2)
+    assert features_key(dataset_fingerprint(list_images(tmp_path / "here" / "data")), origin, 2) == key
+    monkeypatch.chdir(tmp_path / "here")
+    assert features_key(dataset_fingerprint(list_images("data")), origin, 2) == key  # relative = absolute
+    # The same relative folder name in another directory, byte for byte and time for time the
+    # same files (copy2 keeps mtimes), is another dataset.
+    shutil.copytree(tmp_path / "here" / "data", tmp_path / "there" / "data", copy_function=shutil.copy2)
+    monkeypatch.chdir(tmp_path / "there")
+    assert features_key(dataset_fingerprint(list_images("data")), origin, 2) != key
+
+
+def test_an_image_changed_in_place_gets_new_features(tmp_path, caplog):
+    from vqgan_lc.codebook.feature_store import dataset_fingerprint, features_key
+
+    records = make_dataset(tmp_path / "data", corrupt=False)
+    origin = tiny_backbone().describe()
+    old_key = features_key(dataset_fingerprint(records), origin, 2)
+    old = extract_features(records, tiny_backbone(), str(tmp_path / "cache" / old_key), ExtractConfig(**CONFIG))
+    with caplog.at_level("INFO", logger="vqgan_lc.data.cache"):  # unchanged files: reused, no backbone call
+        again = extract_features(records, CrashAfter(tiny_backbone(), 0), str(tmp_path / "cache" / old_key),
+                                 ExtractConfig(**CONFIG))
+    assert again.num_images == 8 and any("reusing" in r.getMessage() for r in caplog.records)
+    # Rewrite image 2 with other pixels (same size on disk) and a later mtime.
+    path = records[2].path
+    stat = os.stat(path)
+    pixels = np.random.default_rng(1).integers(0, 256, (36, 40, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(path)
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    new_key = features_key(dataset_fingerprint(list_images(tmp_path / "data")), origin, 2)
+    assert new_key != old_key
+    with pytest.raises(ValueError, match="another dataset, backbone or pooling"):  # the stale folder is refused
+        extract_features(records, tiny_backbone(), str(tmp_path / "cache" / old_key), ExtractConfig(**CONFIG))
+    new = extract_features(records, tiny_backbone(), str(tmp_path / "cache" / new_key), ExtractConfig(**CONFIG))
+    changed = slice(2 * 4, 3 * 4)  # image 2's vectors
+    assert not np.array_equal(new.vectors[changed], old.vectors[changed])
+    assert np.array_equal(new.vectors[0:8], old.vectors[0:8]) and np.array_equal(new.vectors[12:], old.vectors[12:])

@@ -1,6 +1,6 @@
 """Codebook initialisation: backbone features -> k-means -> a frozen codebook file.
 
-Pipeline: `extract_features` (dataset scale, sharded, resumable) or `build_codebook`
+Pipeline: `extract_features` (dataset scale: sharded, resumable, through `vqgan_lc.data.cache`) or `build_codebook`
 (in-memory images) -> `build_codebook_from_vectors` (per-class / global / random-select /
 gaussian) -> `save_codebook`, read back by the LC quantizer with `load_codebook`.
 """
@@ -10,7 +10,7 @@ from vqgan_lc.codebook.build import (
     build_codebook_from_vectors,
     extract_in_memory,
 )
-from vqgan_lc.codebook.feature_store import FeatureStore, ShardedRows, dataset_fingerprint
+from vqgan_lc.codebook.feature_store import FeatureStore, dataset_fingerprint
 from vqgan_lc.codebook.features import ExtractConfig, extract_features, pool_features
 from vqgan_lc.codebook.io import Codebook, describe_codebook, load_codebook, save_codebook
 from vqgan_lc.codebook.kmeans import (
@@ -20,6 +20,7 @@ from vqgan_lc.codebook.kmeans import (
     size_histogram,
 )
 from vqgan_lc.codebook.two_level import two_level_kmeans
+from vqgan_lc.data.cache import ShardedRows  # the reader behind FeatureStore.vectors
 
 __all__ = [
     "CODEBOOK_MODES",

@@ -1,4 +1,12 @@
-"""Image listing, decoding, transforms and datasets shared by every stage of the pipeline."""
+"""Image listing, decoding, transforms, datasets and the per-image array cache shared by every stage."""
+from vqgan_lc.data.cache import (
+    CacheDataset,
+    CacheStore,
+    EncodedItems,
+    ShardedRows,
+    encode_in_memory,
+    write_cache,
+)
 from vqgan_lc.data.datasets import ImageDataset, build_dataset, collate_skip_corrupt
 from vqgan_lc.data.demo import DemoCrops, demo_photos
 from vqgan_lc.data.images import (
@@ -25,17 +33,22 @@ from vqgan_lc.data.transforms import (
 
 __all__ = [
     "IMAGE_EXTENSIONS",
+    "CacheDataset",
+    "CacheStore",
     "DemoCrops",
+    "EncodedItems",
     "EvalTransform",
     "ImageDataset",
     "ImageError",
     "ImageRecord",
+    "ShardedRows",
     "TrainTransform",
     "build_dataset",
     "center_crop",
     "class_names",
     "collate_skip_corrupt",
     "demo_photos",
+    "encode_in_memory",
     "from_tensor",
     "is_image_path",
     "item_generator",
@@ -46,4 +59,5 @@ __all__ = [
     "resize_short_side",
     "to_tensor",
     "to_uint8",
+    "write_cache",
 ]

@@ -11,7 +11,6 @@
 """
 from __future__ import annotations
 
-import json
 import logging
 import time
 from dataclasses import asdict, dataclass, field
@@ -21,9 +20,10 @@ import torch
 from torch.utils.data import DataLoader
 
 from .data import build_dataset, collate_skip_corrupt
+from .files import atomic_path, atomic_write_json, atomic_write_text
+from .tokenizer.config import get_preset
 from .tokenizer.losses import LossConfig
-from .train.config import TrainConfig
-from .train.trainer import train
+from .tokenizer.training import TokenizerTrainConfig, train_tokenizer
 
 log = logging.getLogger("vqgan_lc.demo")
 
@@ -70,15 +70,16 @@ def build_demo_codebook(cfg: DemoConfig, path: Path) -> dict:
     return dict(codebook.metadata)
 
 
-def _train_config(cfg: DemoConfig, preset: str, out: Path, codebook: Path | None) -> TrainConfig:
+def _train_config(cfg: DemoConfig, preset: str, out: Path, codebook: Path | None) -> TokenizerTrainConfig:
     # Same data, budget and losses for both models; no GAN: a few hundred steps are far too few for it.
     # The baseline learns a codebook of the same size as the LC one (the LC size comes from the file).
-    return TrainConfig(tokenizer=preset, tokenizer_overrides=[f"quantizer.codebook_size={cfg.codebook_size}"],
-                       codebook=str(codebook) if codebook else None,
-                       data=f"demo:train:{cfg.train_crops}", batch_size=cfg.batch_size, lr=cfg.lr,
-                       max_steps=cfg.steps, warmup_epochs=0.0, loss=LossConfig(disc_start=10**9),
-                       seed=cfg.seed, out_dir=str(out), save_every=max(cfg.steps, 1),
-                       image_every=max(cfg.steps, 1), usage_every=max(cfg.steps // 10, 1), log_every=10)
+    model = get_preset(preset)
+    model.quantizer.codebook_size = cfg.codebook_size
+    return TokenizerTrainConfig(model=model, codebook=str(codebook) if codebook else None,
+                                data=f"demo:train:{cfg.train_crops}", batch_size=cfg.batch_size, lr=cfg.lr,
+                                max_steps=cfg.steps, warmup_epochs=0.0, loss=LossConfig(disc_start=10**9),
+                                seed=cfg.seed, out_dir=str(out), save_every=max(cfg.steps, 1),
+                                image_every=max(cfg.steps, 1), usage_every=max(cfg.steps // 10, 1), log_every=10)
 
 
 def _evaluate(model, cfg: DemoConfig, out: Path) -> dict:
@@ -120,7 +121,8 @@ def _plot_usage(curves: dict[str, list[dict]], path: Path) -> None:
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
     plt.close(fig)
 
 
@@ -144,17 +146,17 @@ def run_demo(cfg: DemoConfig) -> dict:
     trained = {}
     for name, preset in MODELS.items():
         log.info("training %s (%s), %d steps", name, preset, cfg.steps)
-        result = train(_train_config(cfg, preset, out / name, codebook_path if name == "vqgan-lc" else None))
+        result = train_tokenizer(_train_config(cfg, preset, out / name, codebook_path if name == "vqgan-lc" else None))
         report["usage_curves"][name] = result.usage_curve
         report["models"][name] = _evaluate(result.model, cfg, out / name / "eval")
         trained[name] = result.model
     _plot_usage(report["usage_curves"], out / "utilization.png")
     _comparison_grid(trained, cfg, out / "comparison.png")
     report["seconds"] = round(time.perf_counter() - started, 1)
-    (out / "report.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
+    atomic_write_json(out / "report.json", report)
     table = _markdown(report)
-    (out / "report.md").write_text("# vqgan-lc demo\n\n" + table + f"\nEvaluated on held-out crops; "
-                                   f"utilization over the whole evaluation set. {report['seconds']} s.\n")
+    atomic_write_text(out / "report.md", "# vqgan-lc demo\n\n" + table + f"\nEvaluated on held-out crops; "
+                      f"utilization over the whole evaluation set. {report['seconds']} s.\n")
     print(table)
     print(f"report, grids and plot in {out}")
     return report

@@ -74,3 +74,25 @@ def test_build_codebook_from_image_batches_with_a_custom_module():
     assert (meta["num_images"], meta["num_vectors"], meta["pooling"], meta["k"]) == (10, 40, "avg2x2", 12)
     whole = build_codebook([(images, torch.arange(10) % 2)], 4, backbone=patchify, pool=None, mode="per-class", iters=5)
     assert whole.metadata["num_vectors"] == 160 and whole.metadata["entries_per_class"] == [2, 2]
+
+
+def test_few_vectors_per_entry_warn_and_are_recorded(caplog):
+    x, labels = labelled_data(per_class=20)  # 60 vectors
+    with caplog.at_level("WARNING", logger="vqgan_lc.codebook.build"):
+        _, info = build_codebook_from_vectors(x, labels, 12, "per-class", iters=2)
+    assert info["vectors_per_entry"] == 5.0
+    assert len(caplog.records) == 1
+    message = caplog.records[0].getMessage()
+    assert "only 5.0 feature vectors per entry (60 vectors for 12 entries" in message
+    assert "more images" in message and "--pool" in message and "\n" not in message
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="vqgan_lc.codebook.build"):
+        _, info = build_codebook_from_vectors(x, None, 7, "global", iters=2)
+        assert info["vectors_per_entry"] == pytest.approx(8.57)
+        assert len(caplog.records) == 1
+        caplog.clear()
+        _, info = build_codebook_from_vectors(x, None, 6, "global", iters=2)  # 10 per entry: enough
+        assert info["vectors_per_entry"] == 10.0
+        build_codebook_from_vectors(x, None, 30, "random-select")  # no averaging: no warning
+        build_codebook_from_vectors(x, None, 300, "gaussian")
+    assert caplog.records == []

@@ -8,7 +8,7 @@ from torch import nn
 
 from vqgan_lc.backbones import register_backbone, wrap_module
 from vqgan_lc.codebook import load_codebook
-from vqgan_lc.codebook.cli import main
+from vqgan_lc.cli import main
 
 CALLS = {"forward": 0}
 

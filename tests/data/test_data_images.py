@@ -213,3 +213,28 @@ def test_min_short_side_decodes_large_jpeg_at_reduced_scale(tmp_path):
     # The reduced decode is the same picture, not a crop.
     shrunk = np.asarray(full.resize(reduced.size, Image.Resampling.BOX)).astype(int)
     assert np.abs(shrunk - np.asarray(reduced).astype(int)).mean() < 6
+
+
+# ---- symlink loops -----------------------------------------------------------------------
+
+def test_symlink_loop_in_a_flat_folder_lists_each_image_once(tmp_path):
+    _save(tmp_path / "a.jpg")
+    os.symlink(".", tmp_path / "loop", target_is_directory=True)
+    records = list_images(tmp_path)
+    assert [os.path.relpath(r.path, tmp_path) for r in records] == ["a.jpg"]
+    assert records[0].label is None
+
+
+def test_symlink_loops_inside_class_folders_list_each_image_once(tmp_path):
+    _save(tmp_path / "cat" / "a.jpg")
+    _save(tmp_path / "cat" / "sub" / "b.jpg")
+    os.symlink(".", tmp_path / "cat" / "loop", target_is_directory=True)
+    os.symlink("..", tmp_path / "cat" / "sub" / "up", target_is_directory=True)
+    os.symlink("..", tmp_path / "cat" / "root", target_is_directory=True)  # back to the top folder
+    _save(tmp_path / "dog" / "c.jpg")
+    outside = tmp_path.parent / (tmp_path.name + "-linked")
+    _save(outside / "d.jpg")
+    os.symlink(outside, tmp_path / "dog" / "more", target_is_directory=True)  # a real folder: followed
+    records = list_images(tmp_path)
+    assert [(os.path.relpath(r.path, tmp_path), r.label) for r in records] == [
+        ("cat/a.jpg", 0), ("cat/sub/b.jpg", 0), ("dog/c.jpg", 1), ("dog/more/d.jpg", 1)]

@@ -127,3 +127,50 @@ def test_rfid_is_reported_when_inception_weights_exist(offline, tmp_path, monkey
     loader, _ = _loader(n=4)
     report = evaluate_tokenizer(FakeTokenizer(noise=0.2), loader, EvalConfig(image_size=64), progress=False)
     assert report["rfid"] > 0 and "Inception" in report["protocol"]["rfid"]
+
+
+class DivergesAfter(FakeTokenizer):
+    """Finite reconstructions for the first `good` calls, then NaN ones (a run that diverged)."""
+
+    def __init__(self, good: int):
+        super().__init__()
+        self.good = good
+
+    def forward(self, images):
+        out = super().forward(images)
+        self.good -= 1
+        if self.good < 0:
+            out.reconstruction = out.reconstruction * float("nan")
+        return out
+
+
+def test_nan_weights_raise_instead_of_a_report(offline, tmp_path):
+    loader, _ = _loader(n=4)
+    model = FakeTokenizer().train()
+    with torch.no_grad():
+        model.gain.fill_(float("nan"))
+    config = EvalConfig(image_size=64, perceptual="perceptual-lite0", fid="off")
+    with pytest.raises(ValueError, match="produced non-finite reconstructions") as err:
+        run_evaluation(model, loader, tmp_path, config, progress=False)
+    assert "\n" not in str(err.value) and "corrupt or diverged" in str(err.value)
+    assert not (tmp_path / "report.json").exists() and model.training  # no report; mode restored
+    # a later batch going non-finite is caught too: every batch is checked
+    with pytest.raises(ValueError, match="non-finite reconstructions .* after 2 good images"):
+        evaluate_tokenizer(DivergesAfter(good=1), _loader(n=6)[0], config, progress=False)
+
+
+def test_tiny_tokenizer_with_nan_decoder_weights_raises(offline):
+    from vqgan_lc.quantize import QuantizerConfig
+    from vqgan_lc.tokenizer import AutoencoderConfig, TokenizerConfig, VQModel
+
+    torch.manual_seed(0)
+    ae = AutoencoderConfig(resolution=32, ch=16, ch_mult=(1, 2, 2), num_res_blocks=1, attn_resolutions=(8,),
+                           z_channels=16, norm_groups=8)
+    model = VQModel(TokenizerConfig(ae, QuantizerConfig(kind="lc", codebook_size=64, dim=4, codebook_dim=12)))
+    with torch.no_grad():
+        for p in model.decoder.parameters():
+            p.fill_(float("nan"))
+    loader, _ = _loader(n=2, size=32)
+    with pytest.raises(ValueError, match="produced non-finite reconstructions"):
+        evaluate_tokenizer(model, loader, EvalConfig(image_size=32, perceptual="perceptual-lite0", fid="off"),
+                           progress=False)

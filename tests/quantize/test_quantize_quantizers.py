@@ -85,8 +85,8 @@ def test_incompatible_options_rejected(bad, msg):
 
 
 def test_wrong_codebook_and_input_shapes():
-    with pytest.raises(ValueError, match="shape"):
-        build_quantizer(_cfg("lc"), torch.randn(50, 11))
+    with pytest.raises(ValueError, match=r"\(N, C\) matrix"):
+        build_quantizer(_cfg("lc"), torch.randn(50, 11, 2))
     q = build_quantizer(_cfg("lc"))
     with pytest.raises(ValueError, match=r"\(B, 4, H, W\)"):
         q(torch.randn(2, 5, 3, 3))
@@ -151,5 +151,56 @@ def test_lc_loads_a_codebook_file_directly(tmp_path):
     from_file = build_quantizer(_cfg("lc"), str(tmp_path / "cb.safetensors"))
     from_tensor = build_quantizer(_cfg("lc"), vectors)
     assert torch.equal(from_file.codebook, from_tensor.codebook)
-    with pytest.raises(ValueError, match="shape"):
-        build_quantizer(_cfg("lc", codebook_size=49), str(tmp_path / "cb.safetensors"))
+
+
+def test_a_given_codebook_decides_its_size_and_width_by_one_rule(tmp_path, caplog):
+    """File or tensor: the codebook's (N, C) sets codebook_size / codebook_dim, and the log says so."""
+    from vqgan_lc.codebook import save_codebook
+    save_codebook(tmp_path / "cb.safetensors", torch.randn(40, 10), {"backbone": "test", "k": 40})
+    for given in (str(tmp_path / "cb.safetensors"), torch.randn(40, 10)):
+        cfg = _cfg("lc", codebook_size=49)
+        with caplog.at_level("INFO"):
+            q = build_quantizer(cfg, given)
+        assert (q.config.codebook_size, q.config.codebook_dim) == (40, 10) == tuple(q.codebook.shape)
+        assert "sets codebook_size=40, codebook_dim=10 (the config said 49 x 12)" in caplog.text
+        caplog.clear()
+
+
+@pytest.mark.parametrize("kind, weight", [("lc", 1.33), ("vq", 1.33), ("fc", 1.33), ("ema", 1.0)])
+def test_loss_value_is_the_same_in_train_and_eval(kind, weight):
+    torch.manual_seed(0)
+    q = build_quantizer(_cfg(kind, alpha=1.0, beta=0.33))
+    z = torch.randn(2, 4, 3, 3)
+    with torch.no_grad():
+        evaluated = q.eval()(z)  # before training: EMA's training step moves the codebook
+    trained = q.train()(z.clone().requires_grad_())
+    assert torch.equal(trained.indices, evaluated.indices)
+    torch.testing.assert_close(trained.loss.detach(), evaluated.loss)
+    # (alpha + beta) x MSE for the gradient-based quantizers, alpha x MSE for EMA (documented)
+    zq = evaluated.quantized.permute(0, 2, 3, 1).reshape(-1, 4)
+    z_flat = q.normalize(z.permute(0, 2, 3, 1).reshape(-1, 4))
+    torch.testing.assert_close(evaluated.loss, weight * (z_flat - zq).square().mean())
+
+
+def test_lc_loss_gradients_unchanged_and_frozen_codebook_value_consistent():
+    torch.manual_seed(0)
+    q = build_quantizer(_cfg("lc", alpha=1.0, beta=0.33)).train()
+    z = torch.randn(1, 4, 2, 2, requires_grad=True)
+    out = q(z)
+    out.loss.backward()
+    zq = q.latent_codebook()[out.indices.flatten()]
+    z_flat = z.permute(0, 2, 3, 1).reshape(-1, 4)
+    # z gets only the commitment gradient, the projector only the codebook one
+    torch.testing.assert_close(z.grad.permute(0, 2, 3, 1).reshape(-1, 4),
+                               2 * (z_flat - zq).detach() / z_flat.numel())
+    expected = torch.autograd.grad(0.33 * (zq - z_flat.detach()).square().mean(), q.projector.weight)[0]
+    torch.testing.assert_close(q.projector.weight.grad, expected)
+    # a frozen LC codebook without projector: no gradient path to the entries, same value
+    frozen = build_quantizer(_cfg("lc", projector="none", codebook_dim=4, alpha=1.0, beta=0.33)).train()
+    z = torch.randn(1, 4, 2, 2, requires_grad=True)
+    out = frozen(z)
+    zq = frozen.latent_codebook()[out.indices.flatten()]
+    z_flat = z.permute(0, 2, 3, 1).reshape(-1, 4)
+    torch.testing.assert_close(out.loss, 1.33 * (z_flat - zq).square().mean())
+    out.loss.backward()
+    torch.testing.assert_close(z.grad.permute(0, 2, 3, 1).reshape(-1, 4), 2 * (z_flat - zq).detach() / z_flat.numel())

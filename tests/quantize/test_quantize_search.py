@@ -283,3 +283,49 @@ def test_cuda_torch_path_matches_cpu():
     with torch.autocast("cuda", dtype=torch.float16):
         again = nearest_codes(z.cuda().half(), codebook.cuda(), memory_budget_mb=4)
     assert again[1].dtype == torch.float32
+
+
+# ---- exact ties between distinct entries ----------------------------------------------------
+
+TIE_BACKENDS = ["torch", "kdtree", "auto"] + (["faiss"] if search.faiss is not None else [])
+
+
+def _grid(d, values, generator=None):
+    import itertools
+
+    points = torch.tensor(list(itertools.product(values, repeat=d)), dtype=torch.float32)
+    return points if generator is None else points[torch.randperm(len(points), generator=generator)]
+
+
+@pytest.mark.parametrize("d", [2, 3, 4])
+def test_equidistant_entries_resolve_to_lowest_index_in_every_backend(d):
+    """Small integers: every distance is exact in fp32 and float64, so the ties are real. The
+    entries are shuffled, so the lowest index of a tie sits anywhere in the tree's leaves."""
+    gen = torch.Generator().manual_seed(d)
+    codebook = _grid(d, (0.0, 2.0, 4.0, 6.0), gen)  # 16, 64, 256 entries
+    z = _grid(d, (-1.0, 0.0, 1.0, 2.0, 3.0, 5.0, 7.0)).repeat(2, 1)  # midpoints tie 2 to 2^d entries
+    expected = brute_force(z, codebook).argmin(dim=1)  # first, so lowest, index among the minima
+    for backend in TIE_BACKENDS:
+        indices, dists = nearest_codes(z, codebook, backend=backend)
+        assert torch.equal(indices, expected), backend
+        torch.testing.assert_close(dists.double(), brute_force(z, codebook).min(dim=1).values)
+
+
+def test_ties_between_duplicated_and_distinct_entries():
+    # entry 1 and its later copy 2 tie with the lower entry 0; entry 4 and its copy 6 with 5
+    codebook = torch.tensor([[-1.0, 0.0], [1.0, 0.0], [1.0, 0.0], [9.0, 9.0], [0.0, 5.0], [0.0, 7.0],
+                             [0.0, 5.0], [-9.0, -9.0]])
+    z = torch.tensor([[0.0, 0.0], [0.0, 6.0], [1.0, 0.0], [0.0, 5.0]]).repeat(100, 1)
+    for backend in TIE_BACKENDS:
+        indices, _ = nearest_codes(z, codebook, backend=backend)
+        assert torch.equal(indices, torch.tensor([0, 4, 1, 4]).repeat(100)), backend
+
+
+def test_many_equidistant_entries_on_the_fused_faiss_path_and_kdtree():
+    # (cosine is left out: normalised entries are rounded, so their ties are not exact)
+    gen = torch.Generator().manual_seed(5)
+    codebook = _grid(8, (0.0, 2.0), gen)  # 256 entries
+    z = _grid(8, (-1.0, 1.0, 3.0))[:16_384]  # 16,000+ queries: faiss's SIMD kernel; up to 256-way ties
+    expected = brute_force(z, codebook).argmin(dim=1)
+    for backend in TIE_BACKENDS:
+        assert torch.equal(nearest_codes(z, codebook, backend=backend)[0], expected), backend

@@ -111,6 +111,7 @@ def test_accumulator_all_reduce_sums_across_two_gloo_processes(tmp_path):
 def test_all_reduce_is_one_collective_when_a_group_exists(monkeypatch):
     calls = []
     monkeypatch.setattr(dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(dist, "get_backend", lambda: "gloo")
     monkeypatch.setattr(dist, "all_reduce", lambda tensor, op=None: calls.append((tensor, op)))
     acc = UsageAccumulator(4)
     acc.update(torch.tensor([1, 1, 3]))

@@ -4,8 +4,9 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from vqgan_lc.tokenizer.checkpoint import (export_for_inference, load_reference_checkpoint,
-                                           model_from_reference_state, convert_reference_state_dict)
+from vqgan_lc.tokenizer.checkpoint import export_for_inference
+from vqgan_lc.tokenizer.reference import (convert_reference_state_dict, load_reference_checkpoint,
+                                          model_from_reference_state)
 from vqgan_lc.tokenizer.config import AutoencoderConfig, TokenizerConfig
 from vqgan_lc.tokenizer.model import VQModel
 from test_tokenizer_model import tiny_config
@@ -56,7 +57,7 @@ def test_paper_scale_export_size():
 
 def test_load_errors_are_one_line(tmp_path):
     model = VQModel(tiny_config())
-    with pytest.raises(FileNotFoundError, match="not a directory"):
+    with pytest.raises(FileNotFoundError, match="not a folder"):
         VQModel.from_pretrained(tmp_path / "missing")
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="config.json is missing"):
@@ -70,7 +71,7 @@ def test_load_errors_are_one_line(tmp_path):
     cfg = json.loads((tmp_path / "b" / "config.json").read_text())
     cfg["model_type"] = "bert"
     (tmp_path / "b" / "config.json").write_text(json.dumps(cfg))
-    with pytest.raises(ValueError, match="model_type='bert'"):
+    with pytest.raises(ValueError, match="holds a 'bert' model"):
         VQModel.from_pretrained(tmp_path / "b")
     # a codebook of the wrong width
     model.save_pretrained(tmp_path / "c")

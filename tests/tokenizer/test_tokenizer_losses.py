@@ -163,8 +163,8 @@ def test_perceptual_term_is_weighted_and_checked():
 
 def test_loss_config_rejects_unknown_modes():
     with pytest.raises(ValueError, match="reconstruction"):
-        LossConfig(reconstruction="l3")
+        LossConfig(reconstruction="l3").validate()
     with pytest.raises(ValueError, match="perceptual"):
-        LossConfig(perceptual="lpips-alex")
+        LossConfig(perceptual="lpips-alex").validate()
     with pytest.raises(ValueError, match="disc_loss"):
-        LossConfig(disc_loss="wgan")
+        LossConfig(disc_loss="wgan").validate()

@@ -29,7 +29,12 @@ def test_forward_shapes_and_decode_indices_equals_decode_quantized(kind):
         assert enc.latents.shape == (2, 4, 8, 8)
         assert torch.equal(model.decode_indices(enc.indices), model.decode(enc.quantized))
         torch.testing.assert_close(model.decode(enc.quantized), out.reconstruction)
-        assert torch.equal(model.snap_latents(enc.latents), enc.indices)
+        snapped = model.snap_latents(enc.latents)
+        assert torch.equal(snapped.indices, enc.indices) and torch.equal(snapped.quantized, enc.quantized)
+        assert torch.equal(model.decode_latents(enc.latents), model.decode(enc.quantized))
+        flat = enc.indices.flatten(1)  # (B, h*w) raster order, as generators produce them
+        assert torch.equal(model.decode_indices(flat), model.decode_indices(enc.indices))
+        assert torch.equal(model.decode_indices(flat, grid=(8, 8)), model.decode_indices(enc.indices))
 
 
 def test_backward_reaches_every_trainable_parameter():

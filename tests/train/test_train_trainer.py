@@ -6,24 +6,25 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
+from vqgan_lc.files import atomic_torch_save
+from vqgan_lc.tokenizer.config import get_preset
 from vqgan_lc.tokenizer.losses import LossConfig
 from vqgan_lc.tokenizer.model import VQModel
-from vqgan_lc.train.config import TrainConfig, apply_overrides, get_recipe
+from vqgan_lc.tokenizer.training import TokenizerTrainConfig, get_recipe, train_tokenizer as train
 from vqgan_lc.train.schedule import lr_at
-from vqgan_lc.train.state import STATE_NAME, atomic_torch_save, load_train_state
-from vqgan_lc.train.trainer import train
+from vqgan_lc.train.state import STATE_NAME, load_train_state
 
 # A very small tokenizer: 32 px crops, f4, 64 codes.
 TINY = ["autoencoder.resolution=32", "autoencoder.ch=8", "autoencoder.ch_mult=1,2,2", "autoencoder.num_res_blocks=1",
         "autoencoder.z_channels=8", "autoencoder.norm_groups=4", "quantizer.codebook_size=64", "quantizer.codebook_dim=16"]
 
 
-def tiny_config(out, **kw) -> TrainConfig:
-    base = dict(tokenizer="vqgan-lc-tiny", tokenizer_overrides=list(TINY), data="demo:train:48", batch_size=4,
+def tiny_config(out, model_overrides=TINY, **kw) -> TokenizerTrainConfig:
+    base = dict(model=get_preset("vqgan-lc-tiny").override(model_overrides), data="demo:train:48", batch_size=4,
                 lr=1e-3, max_steps=6, warmup_epochs=0.5, out_dir=str(out), save_every=3, image_every=3,
                 usage_every=2, log_every=1, loss=LossConfig(disc_start=3, perceptual="none"), device="cpu")
     base.update(kw)
-    return TrainConfig(**base)
+    return TokenizerTrainConfig(**base)
 
 
 def _losses(result):
@@ -110,8 +111,8 @@ def test_resume_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="cannot resume"):
         train(tiny_config(tmp_path / "x"), resume=tmp_path / "nothing", progress=False)
     train(tiny_config(tmp_path / "a", max_steps=1), progress=False)
-    other = tiny_config(tmp_path / "b", tokenizer_overrides=TINY[:-2] + ["quantizer.codebook_size=32",
-                                                                        "quantizer.codebook_dim=16"])
+    other = tiny_config(tmp_path / "b", model_overrides=TINY[:-2] + ["quantizer.codebook_size=32",
+                                                                    "quantizer.codebook_dim=16"])
     with pytest.raises(ValueError, match="different tokenizer configuration"):
         train(other, resume=tmp_path / "a", progress=False)
 
@@ -127,10 +128,19 @@ def test_recipes_and_overrides():
     paper = get_recipe("paper-f16-100k")
     assert paper.batch_size * paper.recipe_gpus == 256 and paper.betas == (0.5, 0.9)
     assert paper.loss.disc_start == 50_000 and paper.warmup_epochs == 5
-    cfg = apply_overrides(TrainConfig(), ["lr=3e-4", "loss.disc_start=100", "betas=0.9,0.99", "max_steps=none"])
+    cfg = TokenizerTrainConfig().override(["lr=3e-4", "loss.disc_start=100", "betas=0.9,0.99", "max_steps=none",
+                                            "model.quantizer.codebook_size=4096"])
     assert cfg.lr == 3e-4 and cfg.loss.disc_start == 100 and cfg.betas == (0.9, 0.99) and cfg.max_steps is None
+    assert cfg.model.quantizer.codebook_size == 4096
     with pytest.raises(ValueError, match="unknown field 'lrr'"):
-        apply_overrides(TrainConfig(), ["lrr=1"])
+        TokenizerTrainConfig().override(["lrr=1"])
+    # overrides are validated before any work: a bad mode fails at once, not when the GAN starts
+    with pytest.raises(ValueError, match="disc_loss"):
+        TokenizerTrainConfig().override(["loss.disc_loss=wasserstein"]).validate()
+    with pytest.raises(ValueError, match="betas"):
+        TokenizerTrainConfig().override(["betas=0.5"])
+    with pytest.raises(ValueError, match="max_steps"):
+        TokenizerTrainConfig().override(["max_steps=-3"]).validate()
     with pytest.raises(ValueError, match="unknown recipe"):
         get_recipe("nope")
 
@@ -145,8 +155,7 @@ def _ddp_worker(rank, world, port, out):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
                       LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
-    cfg = tiny_config(out, max_steps=3, save_every=3, usage_every=3, tokenizer_overrides=TINY[:-2] + [
-        "quantizer.codebook_size=64", "quantizer.codebook_dim=16", "quantizer.kind=lc"])
+    cfg = tiny_config(out, max_steps=3, save_every=3, usage_every=3)
     result = train(cfg, progress=False)
     torch.save({"state": result.model.state_dict(), "usage": result.usage_curve}, f"{out}/rank{rank}.pt")
     torch.distributed.destroy_process_group()

@@ -13,15 +13,14 @@
 from __future__ import annotations
 
 import hashlib
-from typing import Iterable
 
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
 
 from vqgan_lc.backbones.registry import as_backbone
-from vqgan_lc.codebook.features import pool_features, pooling_name
+from vqgan_lc.codebook.feature_store import VECTORS
+from vqgan_lc.codebook.features import feature_encoder, pooling_name
 from vqgan_lc.codebook.io import Codebook
 from vqgan_lc.codebook.kmeans import (
     ASSIGN_CHUNK,
@@ -32,6 +31,7 @@ from vqgan_lc.codebook.kmeans import (
     size_histogram,
 )
 from vqgan_lc.codebook.two_level import two_level_kmeans
+from vqgan_lc.data.cache import encode_in_memory
 
 CODEBOOK_MODES = ("per-class", "global", "random-select", "gaussian")
 TWO_LEVEL_MIN_SIZE = 250_000
@@ -95,7 +95,19 @@ def build_codebook_from_vectors(
         raise ValueError(f"codebook size must be a positive integer, got {size!r}")
     if size > n and mode != "gaussian":  # only the Gaussian draw needs no vector per entry
         raise ValueError(f"codebook size {size} exceeds the {n} feature vectors available; extract more images or lower --size")
-    info: dict = {"mode": mode, "k": int(size), "seed": seed, "num_vectors": n}
+    per_entry = n / size
+    info: dict = {"mode": mode, "k": int(size), "seed": seed, "num_vectors": n,
+                  "vectors_per_entry": round(per_entry, 2)}
+    # k-means centroids of fewer than ~10 vectors each are little more than those vectors:
+    # the paper's per-class k-means had ~200 vectors per entry (~1,300 images x 16 per class
+    # for 100 entries). Random-select and Gaussian entries do not average vectors at all.
+    if mode in ("per-class", "global") and per_entry < 10:
+        import logging  # only this warning logs; imported here to keep the module's imports as they are
+
+        logging.getLogger(__name__).warning(
+            "codebook: only %.1f feature vectors per entry (%d vectors for %d entries; the paper had ~200), "
+            "so the k-means entries are close to single vectors; use more images or crops, a larger --pool "
+            "(or pool=None, every grid cell), or a smaller --size", per_entry, n, size)
     if mode == "per-class":
         if labels is None:
             raise ValueError("per-class mode needs class labels (class sub-folders); use mode 'global' for class-free data")
@@ -131,52 +143,19 @@ def build_codebook_from_vectors(
 # ----------------------------------------------------------------------------- from images
 
 
-def _batches(images, batch_size: int) -> Iterable:
-    if isinstance(images, Dataset):
-        from vqgan_lc.data import collate_skip_corrupt
-
-        first = images[0]
-        collate = collate_skip_corrupt if isinstance(first, dict) or first is None else None
-        return DataLoader(images, batch_size=batch_size, shuffle=False, collate_fn=collate)
-    if isinstance(images, torch.Tensor):
-        return images.split(batch_size)
-    return images
-
-
-def _unpack(batch) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """A batch is a tensor, a dict with "image" (and "label"), or an (images, labels) pair."""
-    if isinstance(batch, torch.Tensor):
-        return batch, None
-    if isinstance(batch, dict):
-        return batch["image"], batch.get("label")
-    if isinstance(batch, (tuple, list)) and len(batch) == 2:
-        return batch[0], batch[1]
-    raise TypeError(f"build_codebook: cannot read images from a batch of type {type(batch).__name__}")
-
-
 def extract_in_memory(images, backbone, pool: int | None = 4, batch_size: int = 32, device: str = "cpu"):
-    """Pooled features of an in-memory image source: ((n, C) float16 array, labels or None, images)."""
+    """Pooled features of an in-memory image source: ((n, C) float16 array, labels or None, images).
+
+    The same loop and encoder as `extract_features`, kept in RAM (`encode_in_memory`): `images`
+    is a (N, 3, H, W) tensor, an iterable of batches (tensors, dicts, (images, labels) pairs) or
+    a Dataset. Labels are None unless every image has one.
+    """
     backbone = backbone.to(device).eval()
-    chunks, labels, num_images = [], [], 0
-    for batch in _batches(images, batch_size):
-        pixels, batch_labels = _unpack(batch)
-        if pixels.ndim != 4 or pixels.shape[1] != 3:
-            raise ValueError(f"build_codebook: expected image batches (B, 3, H, W) in [-1, 1], got {tuple(pixels.shape)}")
-        if pixels.shape[0] == 0:
-            continue
-        with torch.inference_mode():
-            pooled = pool_features(backbone(pixels.to(device)), pool)  # (B, vectors per image, C)
-        chunks.append(pooled.reshape(-1, pooled.shape[-1]).cpu().numpy().astype(np.float16))
-        if batch_labels is not None:
-            labels.append(torch.as_tensor(batch_labels).repeat_interleave(pooled.shape[1]))
-        num_images += pixels.shape[0]
-    if not chunks:
-        raise ValueError("build_codebook: the image source yielded no images")
-    vectors = np.concatenate(chunks)
-    vector_labels = torch.cat(labels).numpy() if len(labels) == len(chunks) else None
-    if vector_labels is not None and (vector_labels < 0).any():
-        vector_labels = None  # unlabelled items (label -1)
-    return vectors, vector_labels, num_images
+    encoded = encode_in_memory(images, feature_encoder(backbone, pool, device), batch_size=batch_size)
+    per_image = encoded.arrays[VECTORS]  # (images, vectors per image, C)
+    labels = encoded.labels
+    vector_labels = None if (labels < 0).any() else np.repeat(labels, per_image.shape[1])
+    return per_image.reshape(-1, per_image.shape[-1]), vector_labels, encoded.num_items
 
 
 def build_codebook(

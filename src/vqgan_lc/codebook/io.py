@@ -4,10 +4,14 @@ safetensors metadata is a str -> str map; every value is stored JSON-encoded so 
 come back as numbers. Typical keys: backbone, layer, input_size, pooling, mode, k, seed,
 inertia, num_images, num_vectors, fingerprint, and for per-class codebooks
 entries_per_class / class_names. The LC quantizer loads the file with `load_codebook`.
+
+Both `save_codebook` and `load_codebook` refuse a codebook no quantizer can use (no entries,
+NaN/inf values, every entry the same vector) and warn when many entries repeat another.
 """
 from __future__ import annotations
 
 import json
+import logging
 import os
 from dataclasses import dataclass, field
 
@@ -16,6 +20,11 @@ import torch
 
 CODEBOOK_KEY = "codebook"
 FORMAT_VERSION = 1
+# Above this fraction of entries that repeat an earlier one, a warning says so: a repeated
+# entry is never chosen (the search resolves ties to the lowest index), so it is dead weight.
+DUPLICATE_WARN_FRACTION = 0.10
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -32,15 +41,57 @@ class Codebook:
         return int(self.vectors.shape[1])
 
 
+def _count_repeats(rows: np.ndarray) -> int:
+    """How many rows of the (N, C) float32 matrix repeat an earlier row exactly (-0.0 == 0.0)."""
+    n, c = rows.shape
+    # Equal rows agree on every column, so when the first few columns already tell all rows
+    # apart (any k-means codebook) whole rows are never copied and compared.
+    repeats = 0
+    for width in dict.fromkeys((min(c, 4), c)):
+        keys = np.ascontiguousarray(rows[:, :width] + np.float32(0.0))  # + 0.0 turns -0.0 into 0.0
+        repeats = n - int(np.unique(keys.view(np.dtype((np.void, keys.itemsize * width))).ravel()).size)
+        if repeats == 0:
+            break
+    return repeats
+
+
+def check_codebook(vectors: torch.Tensor, source: str) -> None:
+    """Refuse, in one line, a codebook no quantizer can use; warn when many entries repeat.
+
+    `vectors`: the (N, C) float32 CPU matrix; `source` names it in the messages. The checks
+    run in numpy, several times faster than torch's on a 100,000 x 768 codebook.
+    """
+    if vectors.ndim != 2 or vectors.shape[0] == 0 or vectors.shape[1] == 0:
+        raise ValueError(f"{source}: expected a non-empty (N, C) matrix, got shape {tuple(vectors.shape)}; "
+                         "build the codebook with `vqgan-lc codebook build`")
+    rows = vectors.numpy()
+    n = rows.shape[0]
+    finite = np.isfinite(rows)
+    if not finite.all():
+        bad = int((~finite).any(axis=1).sum())
+        raise ValueError(f"{source}: the codebook holds NaN or infinite values ({bad} of {n} entries); "
+                         "rebuild it from finite features with `vqgan-lc codebook build`")
+    # An all-zero matrix is a buffer that was never filled; N equal entries map every token
+    # to entry 0 (and standardising them divides zero by zero).
+    if not rows.any():
+        raise ValueError(f"{source}: every codebook entry is all zeros (an unfilled placeholder); "
+                         "rebuild it with `vqgan-lc codebook build`")
+    if n > 1 and (rows.max(axis=0) == rows.min(axis=0)).all():
+        raise ValueError(f"{source}: all {n} codebook entries are the same vector, so every token would map "
+                         "to entry 0; rebuild it from varied features with `vqgan-lc codebook build`")
+    repeats = _count_repeats(rows)
+    if repeats > DUPLICATE_WARN_FRACTION * n:
+        logger.warning("%s: %d of %d codebook entries (%.0f%%) repeat an earlier entry and can never be "
+                       "chosen, so only %d are usable; rebuild from more images or with a smaller --size",
+                       source, repeats, n, 100.0 * repeats / n, n - repeats)
+
+
 def save_codebook(path: str | os.PathLike, vectors: torch.Tensor | np.ndarray, metadata: dict) -> None:
     """Write atomically (temporary file + os.replace), so a crash never leaves half a codebook."""
     from safetensors.torch import save_file
 
     tensor = torch.as_tensor(vectors).detach().to("cpu", torch.float32).contiguous()
-    if tensor.ndim != 2 or tensor.shape[0] == 0:
-        raise ValueError(f"save_codebook: expected a non-empty (N, C) matrix, got shape {tuple(tensor.shape)}")
-    if not torch.isfinite(tensor).all():
-        raise ValueError("save_codebook: the codebook holds NaN or infinite values")
+    check_codebook(tensor, "save_codebook")
     meta = {"format_version": FORMAT_VERSION, **metadata, "size": tensor.shape[0], "dim": tensor.shape[1]}
     encoded = {str(k): json.dumps(v) for k, v in meta.items()}
     path = os.fspath(path)
@@ -77,6 +128,7 @@ def load_codebook(path: str | os.PathLike) -> Codebook:
         raise ValueError(f"{path} is not a codebook file: {' '.join(str(err).split())}") from None
     if vectors.ndim != 2:
         raise ValueError(f"{path} is not a codebook file: {CODEBOOK_KEY!r} has shape {tuple(vectors.shape)}, expected (N, C)")
+    check_codebook(vectors, path)
     return Codebook(vectors=vectors, metadata={k: _decode(v) for k, v in raw.items()})
 
 

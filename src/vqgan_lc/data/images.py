@@ -38,10 +38,28 @@ def is_image_path(path: str | os.PathLike) -> bool:
     return os.path.splitext(os.fspath(path))[1].lower() in IMAGE_EXTENSIONS
 
 
-def _walk_images(folder: str) -> list[str]:
-    """All image files below `folder`, sorted by relative path (hidden entries skipped)."""
+def _dir_key(path: str) -> tuple[int, int] | str:
+    """What identifies a real folder, whatever path (symlinks included) reaches it."""
+    st = os.stat(path)
+    # Some file systems report no inode number; the resolved path identifies the folder there.
+    return (st.st_dev, st.st_ino) if st.st_ino else os.path.realpath(path)
+
+
+def _walk_images(folder: str, visited: set | None = None) -> list[str]:
+    """All image files below `folder`, sorted by relative path (hidden entries skipped).
+
+    Symlinked folders are followed, but each real folder is read once (`visited` holds the
+    `_dir_key` of the folders read so far): a link back up the tree (`loop -> .`) would
+    otherwise list the same images again at every depth until the path grows too long.
+    """
+    visited = set() if visited is None else visited
     found = []
     for root, dirs, files in os.walk(folder, followlinks=True):
+        key = _dir_key(root)
+        if key in visited:
+            dirs[:] = []  # reached again through a symlink: listed already, and descending could loop
+            continue
+        visited.add(key)
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         found.extend(
             os.path.join(root, f) for f in files if not f.startswith(".") and is_image_path(f)
@@ -56,10 +74,13 @@ def _list_folder(folder: str) -> list[ImageRecord]:
     # A sub-folder is a class only if it holds images, so stray empty or
     # non-image folders (e.g. "logs") do not shift the label indices.
     classes = []
+    # Shared by all class walks and seeded with the top folder, so that a symlink back to it
+    # (or to another class) does not list the same files again under a second label.
+    visited = {_dir_key(folder)}
     for name in entries:
         sub = os.path.join(folder, name)
         if os.path.isdir(sub):
-            images = _walk_images(sub)
+            images = _walk_images(sub, visited)
             if images:
                 classes.append((name, images))
     if direct and classes:

@@ -7,19 +7,17 @@ the report covers the whole set.
 """
 from __future__ import annotations
 
-import json
 import math
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
 from tqdm import tqdm
 
+from vqgan_lc import distributed
 from vqgan_lc.backbones import inception
 from vqgan_lc.data.transforms import to_uint8
+from vqgan_lc.files import atomic_write_json
 from vqgan_lc.evaluate.frechet import InceptionFeatures, Lite0Features, RunningMoments, frechet_from_moments
 from vqgan_lc.evaluate.grid import save_comparison_grid
 from vqgan_lc.evaluate.metrics import psnr, psnr_y, ssim
@@ -35,7 +33,7 @@ MIN_TOKENS_PER_ENTRY = 10
 
 @dataclass
 class EvalConfig:
-    image_size: int = 256  # every batch must hold image_size x image_size crops
+    image_size: int | None = 256  # every batch must hold image_size x image_size crops (None: the tokenizer's resolution)
     batch_size: int = 16  # for callers that build the loader
     max_images: int | None = None  # per process; None = the whole loader
     perceptual: str = "auto"  # "auto" (lpips-vgg when its weights are on disk, else perceptual-lite0) | "lpips-vgg" | "perceptual-lite0"
@@ -56,12 +54,8 @@ class EvalConfig:
             raise ValueError(f"fid must be one of {FID_CHOICES}, got {self.fid!r}")
         if self.max_images is not None and self.max_images < 1:
             raise ValueError(f"max_images must be >= 1 or None, got {self.max_images}")
-        if self.image_size < 32 or self.batch_size < 1 or self.grid_images < 0:
+        if (self.image_size is not None and self.image_size < 32) or self.batch_size < 1 or self.grid_images < 0:
             raise ValueError(f"need image_size >= 32, batch_size >= 1, grid_images >= 0; got {self.image_size}, {self.batch_size}, {self.grid_images}")
-
-
-def _is_main() -> bool:
-    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
 
 
 def _round_8bit(images: torch.Tensor) -> torch.Tensor:
@@ -104,7 +98,7 @@ def evaluate_tokenizer(model, loader, config: EvalConfig, *, device="cpu", grid_
     was_training = model.training
     model.eval()
     total = config.max_images or len(getattr(loader, "dataset", ())) or None
-    bar = tqdm(total=total, desc="eval", unit="img", disable=not (progress and _is_main()))
+    bar = tqdm(total=total, desc="eval", unit="img", disable=not (progress and distributed.is_main()))
     with torch.no_grad():
         for batch in loader:
             if not isinstance(batch, dict) or "image" not in batch:
@@ -121,6 +115,14 @@ def evaluate_tokenizer(model, loader, config: EvalConfig, *, device="cpu", grid_
                 images = images[: config.max_images - seen]
             images = _round_8bit(images.to(device))
             out = model(images)
+            # The 8-bit rounding would turn NaN/inf into a plausible image with a finite,
+            # meaningless PSNR; a report must never hold metrics of such output.
+            if not bool(torch.isfinite(out.reconstruction).all()):
+                bar.close()
+                model.train(was_training)
+                raise ValueError(f"evaluate_tokenizer: the model produced non-finite reconstructions (NaN or Inf) "
+                                 f"after {seen} good images; the checkpoint is corrupt or diverged, evaluate an "
+                                 "earlier one")
             recon = _round_8bit(out.reconstruction)
             usage.update(out.quantizer.indices)
             sums[:5] += torch.stack([
@@ -146,8 +148,7 @@ def evaluate_tokenizer(model, loader, config: EvalConfig, *, device="cpu", grid_
     bar.close()
     model.train(was_training)
 
-    if dist.is_available() and dist.is_initialized():
-        dist.all_reduce(sums)
+    distributed.all_reduce(sums)
     usage.all_reduce()
     for m in moments.values():
         m.all_reduce()
@@ -178,7 +179,7 @@ def evaluate_tokenizer(model, loader, config: EvalConfig, *, device="cpu", grid_
     if incep is not None:
         report["rfid"] = frechet_from_moments(moments["incep_real"], moments["incep_fake"], method="sqrtm")
     report["protocol"] = _protocol(config, report, perceptual_name, incep is not None, lite0.dim)
-    if grid_path is not None and grid_real and _is_main():
+    if grid_path is not None and grid_real and distributed.is_main():
         save_comparison_grid(torch.stack(grid_real), torch.stack(grid_fake), grid_path, max_images=config.grid_images)
     return report
 
@@ -239,23 +240,40 @@ def _json_safe(value):
 
 def write_report(report: dict, path) -> None:
     """Write the report as indented JSON, atomically (a reader never sees a partial file)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(_json_safe(report), indent=2, allow_nan=False)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_json(path, _json_safe(report))
 
 
 def run_evaluation(model, loader, out_dir, config: EvalConfig, *, device="cpu", progress: bool = True) -> dict:
     """Evaluate and write `out_dir/report.json` and `out_dir/reconstructions.png` (main process only)."""
     out_dir = Path(out_dir)
     report = evaluate_tokenizer(model, loader, config, device=device, grid_path=out_dir / "reconstructions.png", progress=progress)
-    if _is_main():
+    if distributed.is_main():
         write_report(report, out_dir / "report.json")
     return report
+
+
+def evaluate_checkpoint(checkpoint, data: str, out_dir, config: EvalConfig, *, device: str = "auto",
+                        progress: bool = True) -> dict | None:
+    """`vqgan-lc eval`: load a tokenizer folder, evaluate it on `data`, write the report.
+
+    Under `torchrun` every process evaluates a contiguous slice of the set and the statistics
+    (sums, usage counts, Frechet moments) are all-reduced, so the report covers the whole set
+    and equals a single-process run. Returns the report on the main process, None elsewhere."""
+    import dataclasses
+
+    from torch.utils.data import DataLoader, Subset
+
+    from vqgan_lc.data import build_dataset, collate_skip_corrupt
+    from vqgan_lc.tokenizer.model import VQModel
+
+    env = distributed.init(device)
+    model = VQModel.from_pretrained(checkpoint).to(env.device).eval()
+    if config.image_size is None:
+        config = dataclasses.replace(config, image_size=model.config.autoencoder.resolution)
+    dataset = build_dataset(data, config.image_size, train=False)
+    lo, hi = distributed.slice_of(len(dataset))
+    loader = DataLoader(Subset(dataset, range(lo, hi)), batch_size=config.batch_size, shuffle=False,
+                        collate_fn=collate_skip_corrupt)
+    report = run_evaluation(model, loader, out_dir, config, device=env.device, progress=progress)
+    return report if env.is_main else None
+

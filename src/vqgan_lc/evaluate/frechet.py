@@ -12,13 +12,13 @@ from __future__ import annotations
 import numpy as np
 import scipy.linalg
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
 from vqgan_lc.backbones.efficientnet_lite0 import EfficientNetLite0, load_efficientnet_lite0, to_lite0_input
 from vqgan_lc.backbones.inception import FID_INPUT_SIZE, load_fid_inception
+from vqgan_lc import distributed
 
 LITE0_FD_SIZE = 256
 INCEPTION_RESIZES = ("clean", "bilinear")
@@ -55,9 +55,8 @@ class RunningMoments:
 
     def all_reduce(self) -> None:
         """Sum the moments of every process (no-op without torch.distributed)."""
-        if dist.is_available() and dist.is_initialized():
-            for t in (self.num, self.sum, self.outer):
-                dist.all_reduce(t)
+        for t in (self.num, self.sum, self.outer):
+            distributed.all_reduce(t)
 
     @property
     def mean(self) -> torch.Tensor:

@@ -2,13 +2,13 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
 
 from vqgan_lc.data.transforms import to_uint8
+from vqgan_lc.files import atomic_path
 
 PADDING = 2  # pixels of white between tiles
 COMPARISON_COLUMNS = 8
@@ -34,9 +34,8 @@ def _tile(tiles: np.ndarray, nrow: int) -> np.ndarray:
 
 
 def _save_png(canvas: np.ndarray, path: str | os.PathLike) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(canvas).save(path, format="PNG")
+    with atomic_path(path) as tmp:
+        Image.fromarray(canvas).save(tmp, format="PNG")
 
 
 def save_grid(images: torch.Tensor, path: str | os.PathLike, nrow: int = 8) -> None:

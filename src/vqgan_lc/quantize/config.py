@@ -3,12 +3,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..config import Config
+
 KINDS = ("lc", "vq", "fc", "ema")
 PROJECTORS = ("linear", "mlp", "none")
 
 
 @dataclass
-class QuantizerConfig:
+class QuantizerConfig(Config):
     kind: str = "lc"               # "lc" (VQGAN-LC) | "vq" (VQGAN) | "fc" (VQGAN-FC) | "ema" (VQGAN-EMA)
     codebook_size: int = 100_000   # N entries
     dim: int = 8                   # D': latent width the decoder sees (8 for f16, 4 for f8 in the paper)
@@ -36,13 +38,14 @@ class QuantizerConfig:
     memory_budget_mb: float = 256.0  # transient memory bound of the search, whatever tokens x N
     search_backend: str = "auto"     # "auto" | "torch" | "kdtree" | "faiss" (see quantize/search.py)
 
-    def validate(self) -> None:
+    def check(self) -> None:
         if self.kind not in KINDS:
             raise ValueError(f"quantizer kind {self.kind!r} unknown; choose one of {KINDS}")
         if self.projector not in PROJECTORS:
             raise ValueError(f"projector {self.projector!r} unknown; choose one of {PROJECTORS}")
-        if self.codebook_size < 1 or self.dim < 1:
-            raise ValueError(f"codebook_size and dim must be positive, got {self.codebook_size} and {self.dim}")
+        if self.codebook_size < 1 or self.dim < 1 or self.codebook_dim < 1:
+            raise ValueError(f"codebook_size, dim and codebook_dim must be positive, got {self.codebook_size}, "
+                             f"{self.dim} and {self.codebook_dim}")
         if self.kind == "lc" and self.projector == "none" and self.codebook_dim != self.dim:
             raise ValueError(
                 f"an LC codebook without projector needs codebook_dim == dim, got {self.codebook_dim} != {self.dim}"
@@ -56,3 +59,5 @@ class QuantizerConfig:
             raise ValueError(f"search_backend {self.search_backend!r} unknown; choose one of {BACKENDS}")
         if not 0.0 < self.ema_decay < 1.0:
             raise ValueError(f"ema_decay must lie in (0, 1), got {self.ema_decay}")
+        if self.memory_budget_mb <= 0:
+            raise ValueError(f"memory_budget_mb must be positive, got {self.memory_budget_mb}")

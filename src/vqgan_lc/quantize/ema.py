@@ -7,11 +7,11 @@ across processes when torch.distributed is initialised, so every rank keeps the 
 from __future__ import annotations
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 
 from .base import Quantizer
 from .config import QuantizerConfig
+from .. import distributed
 
 
 class EMAQuantizer(Quantizer):
@@ -34,9 +34,8 @@ class EMAQuantizer(Quantizer):
         z_flat = z_flat.float()
         counts = torch.bincount(indices, minlength=cfg.codebook_size).float()
         sums = torch.zeros_like(self.embed_avg).index_add_(0, indices, z_flat)
-        if dist.is_available() and dist.is_initialized():
-            packed = torch.cat([counts[:, None], sums], dim=1)
-            dist.all_reduce(packed)  # one call for both statistics
+        if distributed.is_initialized():
+            packed = distributed.all_reduce(torch.cat([counts[:, None], sums], dim=1))  # one call for both
             counts, sums = packed[:, 0], packed[:, 1:]
         self.cluster_size.mul_(cfg.ema_decay).add_(counts, alpha=1 - cfg.ema_decay)
         self.embed_avg.mul_(cfg.ema_decay).add_(sums, alpha=1 - cfg.ema_decay)

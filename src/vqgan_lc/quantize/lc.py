@@ -5,6 +5,7 @@ still follow the latent distribution: that is why 100,000+ entries stay ~99% use
 """
 from __future__ import annotations
 
+import logging
 import os
 
 import torch
@@ -12,6 +13,29 @@ from torch import nn
 
 from .base import Quantizer
 from .config import QuantizerConfig
+
+log = logging.getLogger(__name__)
+
+
+def adopt_codebook(config: QuantizerConfig, codebook: torch.Tensor | str | os.PathLike) -> torch.Tensor:
+    """The one rule for a given codebook: its (N, C) shape decides `codebook_size` and
+    `codebook_dim` (the projector adapts to C); a change to the config is logged, never silent.
+
+    Accepts a tensor or the path of a codebook file from `vqgan-lc codebook build`."""
+    source = "codebook tensor"
+    if isinstance(codebook, (str, os.PathLike)):
+        from ..codebook.io import load_codebook
+        source = f"codebook file {codebook}"
+        codebook = load_codebook(codebook).vectors
+    if codebook.ndim != 2:
+        raise ValueError(f"an LC codebook is an (N, C) matrix, got shape {tuple(codebook.shape)}")
+    n, c = map(int, codebook.shape)
+    if (n, c) != (config.codebook_size, config.codebook_dim):
+        log.info("%s sets codebook_size=%d, codebook_dim=%d (the config said %d x %d)", source, n, c,
+                 config.codebook_size, config.codebook_dim)
+        config.codebook_size, config.codebook_dim = n, c
+        config.validate()
+    return codebook
 
 
 def standardize(codebook: torch.Tensor) -> torch.Tensor:
@@ -33,21 +57,18 @@ def build_projector(kind: str, cin: int, cout: int, hidden: int) -> nn.Module:
 
 
 class LCQuantizer(Quantizer):
-    """`codebook`: an (N, C) tensor, or the path of a codebook file from `vqgan-lc codebook build`."""
+    """`codebook`: an (N, C) tensor, or the path of a codebook file from `vqgan-lc codebook build`;
+    its shape decides N and C (`adopt_codebook`)."""
 
     def __init__(self, config: QuantizerConfig, codebook: torch.Tensor | str | os.PathLike | None = None):
+        if codebook is not None:
+            codebook = adopt_codebook(config, codebook)  # before the base class keeps the config
         super().__init__(config)
-        if isinstance(codebook, (str, os.PathLike)):
-            from ..codebook.io import load_codebook
-            codebook = load_codebook(codebook).vectors
-        shape = (config.codebook_size, config.codebook_dim)
         if codebook is None:
             # Placeholder until a k-means codebook is loaded (from_pretrained / load_codebook);
             # random Gaussian is also the paper's "random init" ablation (5.4% utilization).
-            codebook = torch.randn(shape)
-        if tuple(codebook.shape) != shape:
-            raise ValueError(f"LC codebook must have shape {shape} (codebook_size x codebook_dim), "
-                             f"got {tuple(codebook.shape)}")
+            # Under torch.device("meta") (from_pretrained) this allocates nothing.
+            codebook = torch.randn(config.codebook_size, config.codebook_dim)
         codebook = codebook.detach().float().clone()
         if config.standardize_codebook:
             codebook = standardize(codebook)

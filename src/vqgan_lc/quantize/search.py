@@ -13,10 +13,15 @@ fused kernel applies, else "kdtree" (D <= 10, M >= 256, tree within budget), els
 (2-5x faster than faiss's non-fused BLAS path at D = 16..768).
 
 Returned distances are recomputed as sum((z - e)^2) in fp32 for the chosen entry, the same
-whichever backend chose it. Ties: exact duplicate entries resolve to the lowest index (torch:
-first-occurrence argmin in a tile, strict "<" across tiles; kdtree and faiss may return any
-copy, so their results are mapped to the first copy). Distinct entries closer than fp32
-rounding may be ranked differently by different backends (kdtree compares in float64).
+whichever backend chose it.
+
+Ties: the lowest index wins among entries at exactly the minimal distance, duplicate entries
+and distinct equidistant entries alike, in every backend. torch: first-occurrence argmin in a
+tile, strict "<" across tiles. faiss may return any copy of a duplicate, so its results are
+mapped to the first copy. kdtree holds only the first copy of each duplicated vector and asks
+for two neighbours; where both are at the same distance, every entry within that distance is
+gathered and the lowest index among the nearest taken. Distinct entries closer than fp32
+rounding may still be ranked differently by different backends (kdtree compares in float64).
 """
 from __future__ import annotations
 
@@ -83,8 +88,8 @@ def _validate(z, codebook, sq_norms, metric, backend, budget_mb) -> None:
 
 def _kdtree_bytes(n: int, d: int) -> int:
     # float64 entries and index array of the tree, its nodes (leaves of <= 32 entries), an
-    # fp32 copy of the entries, and the (N,) int64 arrays of the duplicate map.
-    return n * (d * (_FP64 + _FP32) + 2 * _I64 + 6 * _I64)
+    # fp32 copy of the entries, and the (N,) int64 arrays of the duplicate map and kept rows.
+    return n * (d * (_FP64 + _FP32) + 2 * _I64 + 7 * _I64)
 
 
 def _faiss_batch(m: int, n: int, d: int, budget_bytes: float) -> int:
@@ -203,6 +208,25 @@ def _first_duplicates(e: np.ndarray) -> np.ndarray | None:
     return np.where(same, first, np.arange(n))
 
 
+def _lowest_of_ties(tree: cKDTree, q: np.ndarray, dist: np.ndarray, found: np.ndarray) -> np.ndarray:
+    """Tree rows nearest to `q` from a k=2 query, exact ties resolved to the lowest row.
+
+    The tree returns either of two equidistant rows; only queries whose two neighbours are at
+    the same distance need more, and there may be more than two rows at that distance."""
+    best = found[:, 0].copy()
+    tied = np.flatnonzero(dist[:, 1] == dist[:, 0])
+    if tied.size:
+        # The tree compares squared distances with the squared radius, and squaring the
+        # returned root may round down: a hair more radius keeps every tied row inside. The
+        # candidates' distances are then recomputed, so the hair admits no farther row.
+        radius = dist[tied, 0] * (1 + 1e-9)
+        for row, candidates in zip(tied, tree.query_ball_point(q[tied], radius, workers=1)):
+            candidates = np.sort(np.asarray(candidates, dtype=np.int64))
+            sq = ((tree.data[candidates] - q[row]) ** 2).sum(axis=1)
+            best[row] = candidates[np.argmin(sq)]  # argmin: first, so lowest row, among the minima
+    return best
+
+
 def _search_kdtree(z, codebook, metric, budget_bytes):
     m, d = z.shape
     n = codebook.shape[0]
@@ -212,23 +236,30 @@ def _search_kdtree(z, codebook, metric, budget_bytes):
     e = codebook.float()
     e = (F.normalize(e, dim=1) if metric == "cosine" else e).contiguous().numpy()
     # numpy/scipy from here: no per-op thread-pool wake-ups for these few cheap passes.
-    try:
-        tree = cKDTree(e.astype(np.float64), leafsize=32, balanced_tree=False)
-    except ValueError as err:  # scipy refuses NaN / inf entries
-        raise ValueError(_NON_FINITE) from err
+    if not np.isfinite(e).all():
+        raise ValueError(_NON_FINITE)
+    # The tree holds only the first copy of each duplicated vector: copies never compete, and
+    # `kept` (ascending) maps tree rows back to codebook indices, the lowest row to the lowest index.
     first = _first_duplicates(e)
+    kept = None if first is None else np.flatnonzero(first == np.arange(n))
+    rows = e if kept is None else e[kept]
+    tree = cKDTree(rows.astype(np.float64), leafsize=32, balanced_tree=False)
+    # Two neighbours reveal a tie between distinct entries (~20-40% slower than one), which
+    # `_lowest_of_ties` settles as the other backends do.
+    k = min(2, rows.shape[0])
     room = max(budget_bytes - _kdtree_bytes(n, d), 0)
-    batch = max(1, min(m, int(room // (d * (_FP32 + _FP64) + 32)), 1 << 16))
+    batch = max(1, min(m, int(room // (d * (_FP32 + _FP64) + 48)), 1 << 16))
     indices = torch.empty(m, dtype=torch.int64)
     out = indices.numpy()
     for q0 in range(0, m, batch):
         q = z[q0:q0 + batch].float()
         q = (F.normalize(q, dim=1) if metric == "cosine" else q).numpy().astype(np.float64)
         try:
-            _, found = tree.query(q, k=1, workers=torch.get_num_threads())
+            dist, found = tree.query(q, k=k, workers=torch.get_num_threads())
         except ValueError as err:  # scipy refuses NaN / inf queries
             raise ValueError(_NON_FINITE) from err
-        out[q0:q0 + q.shape[0]] = found if first is None else first[found]
+        found = found if k == 1 else _lowest_of_ties(tree, q, dist, found)
+        out[q0:q0 + q.shape[0]] = found if kept is None else kept[found]
     return indices
 
 

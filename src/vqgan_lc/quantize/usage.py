@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.distributed as dist
+from .. import distributed
 
 
 def code_counts(indices: torch.Tensor, num_codes: int) -> torch.Tensor:
@@ -78,8 +78,7 @@ class UsageAccumulator:
 
     def all_reduce(self) -> None:
         """Sum the counts across processes (one collective); a no-op without a process group."""
-        if dist.is_available() and dist.is_initialized():
-            dist.all_reduce(self.counts, op=dist.ReduceOp.SUM)
+        distributed.all_reduce(self.counts)
 
     def stats(self) -> dict:
         return usage_stats(self.counts)

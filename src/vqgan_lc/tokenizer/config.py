@@ -1,15 +1,15 @@
 """Typed tokenizer configuration and the registry of named presets."""
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from ..config import Config
 from ..quantize.config import QuantizerConfig
 
 
 @dataclass
-class AutoencoderConfig:
+class AutoencoderConfig(Config):
     resolution: int = 256
     in_channels: int = 3
     out_channels: int = 3
@@ -25,25 +25,26 @@ class AutoencoderConfig:
     def downsample_factor(self) -> int:
         return 2 ** (len(self.ch_mult) - 1)
 
+    def check(self) -> None:
+        if min(self.resolution, self.in_channels, self.out_channels, self.ch, self.z_channels, self.norm_groups) < 1:
+            raise ValueError("autoencoder sizes (resolution, channels, ch, z_channels, norm_groups) must be positive")
+        if not self.ch_mult or min(self.ch_mult) < 1 or self.num_res_blocks < 1:
+            raise ValueError(f"autoencoder ch_mult needs positive entries and num_res_blocks >= 1, got "
+                             f"{self.ch_mult} and {self.num_res_blocks}")
+        if self.resolution % self.downsample_factor:
+            raise ValueError(f"autoencoder resolution {self.resolution} is not a multiple of the downsampling "
+                             f"factor {self.downsample_factor}")
+        widths = [self.ch * m for m in self.ch_mult]
+        if any(w % min(self.norm_groups, w) for w in widths):
+            raise ValueError(f"autoencoder widths {widths} must be multiples of norm_groups={self.norm_groups}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"autoencoder dropout must lie in [0, 1), got {self.dropout}")
+
 
 @dataclass
-class TokenizerConfig:
+class TokenizerConfig(Config):
     autoencoder: AutoencoderConfig = field(default_factory=AutoencoderConfig)
     quantizer: QuantizerConfig = field(default_factory=QuantizerConfig)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "TokenizerConfig":
-        try:
-            ae = dict(data["autoencoder"])
-            for key in ("ch_mult", "attn_resolutions"):
-                if key in ae:
-                    ae[key] = tuple(ae[key])
-            return cls(AutoencoderConfig(**ae), QuantizerConfig(**data["quantizer"]))
-        except (KeyError, TypeError) as err:
-            raise ValueError(f"not a vqgan-lc tokenizer config ({err})") from None
 
 
 def _f16(**quantizer: Any) -> TokenizerConfig:

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from vqgan_lc.config import Config
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -30,7 +32,7 @@ DISC_LOSSES = {"hinge": hinge_d_loss, "vanilla": vanilla_d_loss}
 
 
 @dataclass
-class LossConfig:
+class LossConfig(Config):
     reconstruction: str = "l1"  # "l1" (reference code) | "l2" (paper text)
     reconstruction_weight: float = 1.0
     perceptual: str = "perceptual-lite0"  # "perceptual-lite0" (offline) | "lpips-vgg" (paper) | "none"
@@ -42,7 +44,7 @@ class LossConfig:
     disc_channels: int = 64
     disc_loss: str = "hinge"  # "hinge" | "vanilla"
 
-    def __post_init__(self) -> None:
+    def check(self) -> None:
         if self.reconstruction not in RECONSTRUCTION_LOSSES:
             raise ValueError(f"reconstruction must be one of {RECONSTRUCTION_LOSSES}, got {self.reconstruction!r}")
         if self.perceptual not in (*PERCEPTUAL_NAMES, "none"):
@@ -63,7 +65,7 @@ class TokenizerLoss(nn.Module):
 
     def __init__(self, config: LossConfig, perceptual: PerceptualLoss | None = None):
         super().__init__()
-        self.config = config
+        self.config = config.validate()
         if perceptual is None and config.perceptual != "none":
             perceptual = build_perceptual(config.perceptual)
         if perceptual is not None and config.perceptual != "none" and perceptual.name != config.perceptual:

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ..pretrained import PretrainedModel
 from ..quantize import Quantizer, QuantizerOutput, build_quantizer
 from .autoencoder import Decoder, Encoder
 from .config import TokenizerConfig, get_preset
@@ -26,10 +27,17 @@ class TokenizerOutput:
     quantizer: QuantizerOutput
 
 
-class VQModel(nn.Module):
-    def __init__(self, config: TokenizerConfig, codebook: torch.Tensor | None = None):
-        super().__init__()
-        self.config = config
+class VQModel(PretrainedModel):
+    """`codebook` (LC only): the frozen (N, C) entries, as a tensor or a codebook file. A file
+    decides N and C (see `quantize.lc.adopt_codebook`); without one the LC entries start as a
+    Gaussian placeholder that `from_pretrained` or `load_codebook` replaces."""
+
+    model_type = "vqgan-lc-tokenizer"
+    config_class = TokenizerConfig
+    config: TokenizerConfig
+
+    def __init__(self, config: TokenizerConfig, codebook: torch.Tensor | str | os.PathLike | None = None):
+        super().__init__(config)
         ae, q = config.autoencoder, config.quantizer
         self.encoder = Encoder(ae)
         self.decoder = Decoder(ae)
@@ -38,7 +46,7 @@ class VQModel(nn.Module):
         self.quantizer: Quantizer = build_quantizer(q, codebook)
 
     @classmethod
-    def from_preset(cls, name: str, codebook: torch.Tensor | None = None) -> "VQModel":
+    def from_preset(cls, name: str, codebook: torch.Tensor | str | os.PathLike | None = None) -> "VQModel":
         return cls(get_preset(name), codebook)
 
     # --- sizes ---------------------------------------------------------------------------------
@@ -62,7 +70,7 @@ class VQModel(nn.Module):
 
     def num_trainable_parameters(self) -> int:
         """What the paper counts: encoder, decoder, the 1x1 convs and the projector (not the frozen codebook)."""
-        return sum(p.numel() for p in self.parameters() if p.requires_grad)
+        return self.num_parameters(trainable_only=True)
 
     # --- the pipeline --------------------------------------------------------------------------
     def _check_images(self, images: torch.Tensor) -> None:
@@ -83,29 +91,41 @@ class VQModel(nn.Module):
     def decode(self, quantized: torch.Tensor) -> torch.Tensor:
         return self.decoder(self.post_quant_conv(quantized))
 
-    def decode_indices(self, indices: torch.Tensor) -> torch.Tensor:
-        """(B, h, w) token ids -> images; equals decoding the quantized latents of `encode`."""
+    def decode_indices(self, indices: torch.Tensor, grid: tuple[int, int] | None = None) -> torch.Tensor:
+        """Token ids -> images; equals decoding the quantized latents of `encode`.
+
+        `indices`: (B, h, w), or flat (B, h*w) raster-order ids as generators produce them, with
+        `grid=(h, w)` (default: the square grid of the configured resolution)."""
+        if indices.ndim == 2:
+            h, w = grid or self.token_grid()
+            if indices.shape[1] != h * w:
+                raise ValueError(f"flat indices of length {indices.shape[1]} do not fill a {h}x{w} token grid; "
+                                 "pass grid=(h, w), or indices of shape (B, h, w)")
+            indices = indices.reshape(indices.shape[0], h, w)
         if indices.ndim != 3:
-            raise ValueError(f"indices must have shape (B, h, w), got {tuple(indices.shape)}")
+            raise ValueError(f"indices must have shape (B, h, w) or (B, h*w), got {tuple(indices.shape)}")
         return self.decode(self.quantizer.indices_to_latents(indices))
 
-    def snap_latents(self, latents: torch.Tensor) -> torch.Tensor:
-        """Continuous latents (e.g. sampled by a diffusion model) -> nearest codebook entries."""
-        flat = latents.permute(0, 2, 3, 1).reshape(-1, latents.shape[1])
-        idx = self.quantizer.search(self.quantizer.normalize(flat))
-        return idx.view(latents.shape[0], *latents.shape[2:])
+    def snap_latents(self, latents: torch.Tensor) -> EncodeOutput:
+        """Continuous latents (e.g. sampled by a diffusion model) -> their nearest codebook entries.
+
+        Returns the latents as given, the snapped entries (what the decoder sees after
+        quantization) and their token ids, exactly as `encode` would for the same latents."""
+        if latents.ndim != 4 or latents.shape[1] != self.quantizer.dim:
+            raise ValueError(f"latents must have shape (B, {self.quantizer.dim}, h, w), got {tuple(latents.shape)}")
+        was_training = self.quantizer.training
+        self.quantizer.eval()
+        with torch.no_grad():
+            q = self.quantizer(latents)
+        self.quantizer.train(was_training)
+        return EncodeOutput(latents, q.quantized, q.indices)
+
+    def decode_latents(self, latents: torch.Tensor, snap: bool = True) -> torch.Tensor:
+        """Images from continuous latents: snapped to the codebook first (the default, as the
+        paper's LDM/DiT/SiT do), or decoded as they are with `snap=False`."""
+        return self.decode(self.snap_latents(latents).quantized if snap else latents)
 
     def forward(self, images: torch.Tensor) -> TokenizerOutput:
         latents = self.encode_latents(images)
         q = self.quantizer(latents)
         return TokenizerOutput(self.decode(q.quantized), latents, q)
-
-    # --- checkpoints (see checkpoint.py) -------------------------------------------------------
-    def save_pretrained(self, directory: str | os.PathLike) -> None:
-        from .checkpoint import save_pretrained
-        save_pretrained(self, directory)
-
-    @classmethod
-    def from_pretrained(cls, directory: str | os.PathLike, map_location: str = "cpu") -> "VQModel":
-        from .checkpoint import load_pretrained
-        return load_pretrained(directory, map_location)

@@ -1,7 +1,8 @@
-"""Training-state checkpoints written atomically: a crash while saving leaves the previous one.
+"""Training-state checkpoints: everything a resumed run needs to continue exactly.
 
-The file holds everything a resumed run needs to continue exactly: model, discriminator,
-both optimizers, the step, and the RNG states.
+`train_state.pt` holds the model (and its EMA), the family's extra modules (e.g. the
+discriminator), every optimizer, the step, the RNG states and the family's own state. It is
+written atomically (`files.atomic_torch_save`): a crash while saving leaves the previous one.
 """
 from __future__ import annotations
 
@@ -13,16 +14,6 @@ import numpy as np
 import torch
 
 STATE_NAME = "train_state.pt"
-
-
-def atomic_torch_save(obj, path: str | os.PathLike) -> None:
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)  # atomic on POSIX: readers see the old file or the new one, never half
 
 
 def rng_state() -> dict:

@@ -1,0 +1,136 @@
+"""Typed configs: dataclasses that serialise, parse `key=value` overrides and validate one way.
+
+Every config in the package (quantizer, tokenizer, losses, generators, training) derives from
+`Config`. The rule is: build (preset or file) -> apply overrides -> `validate()` once, which
+walks every nested config and calls its `check()`. Nothing downstream re-checks.
+"""
+from __future__ import annotations
+
+import dataclasses
+import typing
+from typing import Any, TypeVar
+
+C = TypeVar("C", bound="Config")
+
+
+class Config:
+    """Mixin for dataclass configs; subclasses add `check()` for their own fields."""
+
+    def check(self) -> None:
+        """Raise ValueError (one line, naming the field) for a bad value of this config's own fields."""
+
+    def validate(self: C) -> C:
+        """`check()` this config and every nested one; returns self."""
+        for f in dataclasses.fields(self):  # type: ignore[arg-type]
+            value = getattr(self, f.name)
+            if isinstance(value, Config):
+                value.validate()
+        self.check()
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)  # type: ignore[call-overload]
+
+    @classmethod
+    def from_dict(cls: type[C], data: dict[str, Any]) -> C:
+        """Build from `to_dict()` output (nested configs, tuples restored); unknown keys are an error."""
+        if not isinstance(data, dict):
+            raise ValueError(f"{cls.__name__}: expected a mapping, got {type(data).__name__}")
+        hints = typing.get_type_hints(cls)
+        names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise ValueError(f"{cls.__name__}: unknown field(s) {', '.join(unknown)}")
+        kwargs = {name: _from_json(hints[name], value) for name, value in data.items()}
+        try:
+            return cls(**kwargs)
+        except TypeError as err:
+            raise ValueError(f"{cls.__name__}: {err}") from None
+
+    def override(self: C, items: list[str] | tuple[str, ...]) -> C:
+        """Apply `key=value` strings; dotted keys reach nested configs (`loss.disc_start=1000`)."""
+        for item in items:
+            if "=" not in item:
+                raise ValueError(f"override {item!r} is not of the form key=value")
+            key, text = item.split("=", 1)
+            *sections, name = key.split(".")
+            target: Any = self
+            for section in sections:
+                target = getattr(target, section, None)
+                if not isinstance(target, Config):
+                    raise ValueError(f"override {key!r}: {section!r} is not a section")
+            hints = typing.get_type_hints(type(target))
+            if name not in hints or name.startswith("_"):
+                known = ", ".join(sorted(k for k in hints if not k.startswith("_")))
+                raise ValueError(f"override {key!r}: unknown field {name!r} (known: {known})")
+            try:
+                setattr(target, name, parse_value(text, hints[name]))
+            except (ValueError, TypeError) as err:
+                raise ValueError(f"override {key!r}: {err}") from None
+        return self
+
+    @classmethod
+    def describe_fields(cls, prefix: str = "") -> list[tuple[str, str, Any]]:
+        """(dotted key, type, default) of every field, nested configs flattened: for `--help` listings."""
+        rows = []
+        hints = typing.get_type_hints(cls)
+        instance = cls()  # type: ignore[call-arg]
+        for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+            if f.name.startswith("_"):
+                continue
+            value = getattr(instance, f.name)
+            if isinstance(value, Config):
+                rows += type(value).describe_fields(prefix + f.name + ".")
+            else:
+                rows.append((prefix + f.name, _type_name(hints[f.name]), value))
+        return rows
+
+
+def _type_name(kind: Any) -> str:
+    return getattr(kind, "__name__", None) or str(kind).replace("typing.", "")
+
+
+def _from_json(kind: Any, value: Any) -> Any:
+    if value is None:
+        return None
+    origin = typing.get_origin(kind)
+    args = [a for a in typing.get_args(kind) if a is not type(None)]
+    if isinstance(kind, type) and issubclass(kind, Config):
+        return kind.from_dict(value)
+    if origin is tuple and isinstance(value, list):
+        return tuple(value)
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)) and len(args) == 1:
+        return _from_json(args[0], value)
+    return value
+
+
+def parse_value(text: str, kind: Any) -> Any:
+    """Parse one override value for a field annotated `kind` (int, float, bool, str, tuples, Optional)."""
+    origin = typing.get_origin(kind)
+    args = [a for a in typing.get_args(kind) if a is not type(None)]
+    optional = type(None) in typing.get_args(kind)
+    if optional and text.lower() in ("none", "null"):
+        return None
+    if origin is tuple:
+        elem = typing.get_args(kind)[0]
+        items = tuple(parse_value(x, elem) for x in text.split(",") if x)
+        fixed = typing.get_args(kind)
+        if Ellipsis not in fixed and len(items) != len(fixed):
+            raise ValueError(f"expected {len(fixed)} comma-separated values, got {text!r}")
+        return items
+    if origin is list:
+        return [x for x in text.split(",") if x]
+    if args and origin is not None:  # Optional[X] / X | None
+        kind = args[0]
+    if kind is bool:
+        if text.lower() not in ("true", "false", "1", "0"):
+            raise ValueError(f"expected true/false, got {text!r}")
+        return text.lower() in ("true", "1")
+    if kind is int:
+        number = float(text)
+        if number != int(number):
+            raise ValueError(f"expected an integer, got {text!r}")
+        return int(number)
+    if kind is float:
+        return float(text)
+    return text

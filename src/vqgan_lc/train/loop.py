@@ -1,0 +1,317 @@
+"""The training loop every model family runs on: one process, or many under `torchrun`.
+
+The loop owns what all families share: the process group, seeding, the rank-sharded resumable
+sampler, warm-up + cosine learning rate, bf16 autocast, gradient accumulation and clipping,
+an EMA of the weights, DDP, atomic checkpoints with exact resume, the NaN guard, tensorboard
+and the progress bar, and the list of unreadable files. A family (`TrainingTask`) supplies
+its model, data, optimizers and one `train_step`; the tokenizer's GAN step
+(`tokenizer/training.py`) and the generators (`generate/training.py`) are the families.
+"""
+from __future__ import annotations
+
+import copy
+import logging
+import os
+import time
+import warnings
+from abc import ABC, abstractmethod
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from .. import distributed
+from ..distributed import DistEnv
+from ..files import DirectoryLock, atomic_torch_save, atomic_write_json
+from ..pretrained import PretrainedModel
+from .config import TrainConfig
+from .sampler import EpochSampler
+from .schedule import lr_at
+from .state import STATE_NAME, load_train_state, rng_state, set_rng_state
+
+log = logging.getLogger("vqgan_lc.train")
+
+
+# --- what a model family supplies ------------------------------------------------------------------
+
+class TrainingTask(ABC):
+    """One model family's part of training. Override the abstract methods; the rest are hooks."""
+
+    name: str = "model"          # log lines, and the folder the model is exported to (OUT/<name>)
+    config: TrainConfig
+
+    @abstractmethod
+    def build_model(self) -> PretrainedModel:
+        """The model whose weights are trained, EMA'd, checkpointed and exported."""
+
+    @abstractmethod
+    def build_dataset(self):
+        """A map-style dataset; items are whatever `train_step` expects (collated by `collate`)."""
+
+    @abstractmethod
+    def build_optimizers(self, model: PretrainedModel) -> dict[str, torch.optim.Optimizer]:
+        """Named optimizers; the loop sets their learning rate every step and checkpoints them."""
+
+    @abstractmethod
+    def train_step(self, ctx: "StepContext", batches: list) -> dict[str, float]:
+        """One optimizer step over `grad_accum` micro-batches; returns scalar logs."""
+
+    collate = None  # DataLoader collate_fn; None = torch's default
+
+    def setup(self, env: DistEnv) -> None:
+        """Called first, once the process group and device are known (e.g. to move loss networks)."""
+
+    def training_module(self, model: PretrainedModel) -> nn.Module:
+        """What DDP wraps: a module whose forward computes what `train_step` differentiates."""
+        return model
+
+    def extra_modules(self) -> dict[str, nn.Module]:
+        """Other trained modules outside DDP (e.g. a discriminator): moved, checkpointed, resumed."""
+        return {}
+
+    def after_step(self, ctx: "StepContext", logs: dict[str, float]) -> None:
+        """Per-step bookkeeping after the update (usage windows, sample grids); every rank calls it."""
+
+    def on_save(self, out_dir: Path) -> None:
+        """Extra files written with each checkpoint (main process only)."""
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
+
+
+@dataclass
+class StepContext:
+    """What `train_step` and `after_step` get from the loop."""
+
+    step: int
+    total_steps: int
+    env: DistEnv
+    model: PretrainedModel          # the bare model
+    module: nn.Module               # the training module, DDP-wrapped under torchrun
+    optimizers: dict[str, torch.optim.Optimizer]
+    config: TrainConfig
+    out_dir: Path
+    writer: Any = None              # tensorboard SummaryWriter on the main process, else None
+    grad_norms: dict[str, float] = field(default_factory=dict)
+
+    def autocast(self):
+        if self.config.precision != "bf16":
+            return nullcontext()
+        return torch.autocast(device_type=self.env.device.type, dtype=torch.bfloat16)
+
+    def backward(self, loss: torch.Tensor, logs: dict | None = None) -> None:
+        """Check the loss is finite (the NaN guard), then backpropagate its accumulation share."""
+        if not torch.isfinite(loss):
+            shown = {k: round(float(v), 6) for k, v in (logs or {}).items()}
+            raise FloatingPointError(f"non-finite loss at step {self.step} ({shown}); stopped, the last good "
+                                     f"checkpoint in {self.out_dir} is kept")
+        (loss / self.config.grad_accum).backward()
+
+    def optimizer_step(self, name: str, optimizer: torch.optim.Optimizer) -> None:
+        """Clip (when configured; the pre-clip norm is logged as grad_norm/<name>), step, zero."""
+        if self.config.grad_clip is not None:
+            params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+            norm = torch.nn.utils.clip_grad_norm_(params, self.config.grad_clip)
+            self.grad_norms[name] = float(norm)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+
+@dataclass
+class TrainResult:
+    model: PretrainedModel          # trained weights (the EMA weights when ema_decay is set)
+    out_dir: Path
+    step: int
+    task: TrainingTask
+    history: list[dict] = field(default_factory=list)  # per-step logs (averaged over ranks)
+    is_main: bool = True                                # rank 0 (the process that wrote the files)
+
+    @property
+    def usage_curve(self) -> list[dict]:
+        return getattr(self.task, "usage_curve", [])
+
+
+@torch.no_grad()
+def update_ema(ema: nn.Module, model: nn.Module, decay: float) -> None:
+    """ema <- decay * ema + (1 - decay) * model for parameters; buffers are copied as they are."""
+    for e, p in zip(ema.parameters(), model.parameters()):
+        e.lerp_(p.detach(), 1.0 - decay)
+    for e, b in zip(ema.buffers(), model.buffers()):
+        e.copy_(b)
+
+
+def _wrap_ddp(module: nn.Module, env: DistEnv) -> nn.Module:
+    # Buffers are not broadcast: frozen ones (the LC codebook, 307 MB at 100K x 768) are equal
+    # everywhere already and moving ones (EMA codebooks) are all-reduced by their owners.
+    # (torch 2.13 prefers `forward_sync_buffers`, which still syncs at init; this keeps both off.)
+    from torch.nn.parallel import DistributedDataParallel
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*broadcast_buffers.*", category=FutureWarning)
+        return DistributedDataParallel(module, broadcast_buffers=False,
+                                       device_ids=[env.local_rank] if env.device.type == "cuda" else None)
+
+
+# --- the loop --------------------------------------------------------------------------------------
+
+def run_training(task: TrainingTask, *, resume: str | os.PathLike | None = None,
+                 stop_at_step: int | None = None, progress: bool = True) -> TrainResult:
+    """Train `task.config` from scratch, or continue the run in `resume` exactly where it stopped.
+
+    `stop_at_step` checkpoints and returns early (how tests interrupt a run)."""
+    config = task.config.validate()
+    env = distributed.init(config.device)
+    out_dir = Path(config.out_dir)
+    lock = DirectoryLock(out_dir).acquire() if env.is_main else None
+    try:
+        return _train(task, config, env, out_dir, resume, stop_at_step, progress)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _train(task, config, env, out_dir, resume, stop_at_step, progress) -> TrainResult:
+    torch.manual_seed(config.seed)  # identical initialisation on every rank, and in every run of a config
+    task.setup(env)
+
+    # model, EMA, the family's extra modules, optimizers
+    model = task.build_model().to(env.device)
+    extras = {name: m.to(env.device) for name, m in task.extra_modules().items()}
+    ema = copy.deepcopy(model).requires_grad_(False).eval() if config.ema_decay else None
+    optimizers = task.build_optimizers(model)
+
+    # data: a seeded permutation per epoch, sharded over ranks
+    dataset = task.build_dataset()
+    sampler = EpochSampler(len(dataset), config.batch_size, env, config.seed)
+    steps_per_epoch = max(sampler.batches_per_epoch // config.grad_accum, 1)
+    total_steps = config.max_steps or config.epochs * steps_per_epoch
+    warmup_steps = int(round(config.warmup_epochs * steps_per_epoch))
+
+    step = 0
+    if resume is not None:
+        state = load_train_state(resume)
+        if state["model_config"] != model.config.to_dict():
+            raise ValueError(f"cannot resume from {resume}: it trained a different {task.name} configuration")
+        model.load_state_dict(state["model"])
+        if ema is not None:
+            ema.load_state_dict(state["ema"] if state.get("ema") is not None else state["model"])
+        for name, module in extras.items():
+            module.load_state_dict(state["extras"][name])
+        for name, opt in optimizers.items():
+            opt.load_state_dict(state["optimizers"][name])
+        task.load_state_dict(state.get("task", {}))
+        step = state["step"]
+        set_rng_state(state["rng"])
+        if env.is_main:
+            log.info("resuming %s from step %d of %s", task.name, step, resume)
+
+    module = task.training_module(model)
+    if env.enabled:
+        module = _wrap_ddp(module, env)
+
+    writer = None
+    if env.is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(out_dir / "train_config.json", config.to_dict())
+        from torch.utils.tensorboard import SummaryWriter
+        writer = SummaryWriter(str(out_dir / "tensorboard"))
+        log.info("training %s: %d processes x batch %d x accum %d = global batch %d; %d steps (%d per epoch), "
+                 "%.2fM trainable parameters", task.name, env.world_size, config.batch_size, config.grad_accum,
+                 config.batch_size * config.grad_accum * env.world_size, total_steps, steps_per_epoch,
+                 model.num_parameters(trainable_only=True) / 1e6)
+
+    def save() -> None:
+        if not env.is_main:
+            return
+        atomic_torch_save({
+            "model": model.state_dict(), "ema": ema.state_dict() if ema is not None else None,
+            "extras": {name: m.state_dict() for name, m in extras.items()},
+            "optimizers": {name: opt.state_dict() for name, opt in optimizers.items()},
+            "step": step, "rng": rng_state(), "task": task.state_dict(),
+            "model_config": model.config.to_dict(), "train_config": config.to_dict(),
+        }, out_dir / STATE_NAME)
+        (ema if ema is not None else model).save_pretrained(out_dir / task.name)
+        task.on_save(out_dir)
+
+    bar = tqdm(total=total_steps, initial=step, disable=not (progress and env.is_main), unit="step",
+               dynamic_ncols=True)
+    skipped_files, skipped_steps, images_seen, t0 = [], 0, 0, time.perf_counter()
+    history: list[dict] = []
+    model.train()
+    for m in extras.values():
+        m.train()
+    loader_iter, epoch = None, -1
+    while step < total_steps and not (stop_at_step is not None and step >= stop_at_step):
+        # (Re)create the epoch's iterator at epoch boundaries, and once after a resume mid-epoch.
+        if loader_iter is None or step // steps_per_epoch != epoch:
+            epoch = step // steps_per_epoch
+            if hasattr(dataset, "set_epoch"):
+                dataset.set_epoch(epoch)
+            sampler.set_epoch(epoch, start_batch=(step % steps_per_epoch) * config.grad_accum)
+            loader_iter = iter(DataLoader(dataset, batch_sampler=sampler, num_workers=config.num_workers,
+                                          collate_fn=task.collate))
+        lr = lr_at(step, base_lr=config.lr, warmup_steps=warmup_steps, total_steps=total_steps, min_lr=config.min_lr)
+        for opt in optimizers.values():
+            for group in opt.param_groups:
+                group["lr"] = lr
+
+        batches = [next(loader_iter) for _ in range(config.grad_accum)]
+        for batch in batches:
+            if isinstance(batch, dict):
+                skipped_files.extend(batch.get("skipped", []))
+        batches = [b for b in batches if _batch_size(b) > 0]  # every file of a micro-batch unreadable
+        ctx = StepContext(step, total_steps, env, model, module, optimizers, config, out_dir, writer)
+        if distributed.all_true(bool(batches)):
+            logs = task.train_step(ctx, batches)
+            if ema is not None:
+                update_ema(ema, model, config.ema_decay)
+            images_seen += sum(_batch_size(b) for b in batches) * env.world_size
+        else:  # no rank may step alone: DDP would wait for it forever
+            skipped_steps += 1
+            logs = {}
+            log.warning("step %d skipped: a process had no readable item in its batch", step)
+        step += 1
+        ctx.step = step
+        logs = distributed.all_reduce_mean({**logs, **{f"grad_norm/{k}": v for k, v in ctx.grad_norms.items()}})
+        logs["lr"] = lr
+        history.append({"step": step, **logs})
+        task.after_step(ctx, logs)
+        if writer is not None and (step % config.log_every == 0 or step == 1 or step == total_steps):
+            rate = images_seen / max(time.perf_counter() - t0, 1e-9)
+            for k, v in logs.items():
+                writer.add_scalar(f"train/{k}", v, step)
+            writer.add_scalar("train/items_per_s", rate, step)
+            bar.set_postfix(loss=f"{logs.get('total', logs.get('loss', float('nan'))):.4f}", it_s=f"{rate:.1f}")
+        bar.update(1)
+        if step % config.save_every == 0 or step == total_steps or step == stop_at_step:
+            save()
+    bar.close()
+    if skipped_files or skipped_steps:
+        # every rank lists what it could not read (ranks load disjoint items)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        listing = out_dir / f"skipped_rank{env.rank}.txt"
+        listing.write_text("".join(f"{path}\t{reason}\n" for path, reason in skipped_files))
+        log.warning("%d unreadable items and %d empty steps were skipped on rank %d; listed in %s",
+                    len(skipped_files), skipped_steps, env.rank, listing)
+    if writer is not None:
+        writer.close()
+    distributed.barrier()
+    trained = ema if ema is not None else model
+    return TrainResult(trained.eval(), out_dir, step, task, history, is_main=env.is_main)
+
+
+def _batch_size(batch) -> int:
+    if isinstance(batch, dict):
+        first = next(iter(v for v in batch.values() if isinstance(v, torch.Tensor)), None)
+        return 0 if first is None else int(first.shape[0])
+    if isinstance(batch, (tuple, list)):
+        return int(batch[0].shape[0])
+    return int(batch.shape[0])

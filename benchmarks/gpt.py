@@ -1,6 +1,6 @@
 """Class-conditional GPT: KV-cache sampling speed and chunked-loss memory, side by side.
 
-    python benchmarks/gpt.py [--json] [--device cpu|cuda|auto] [--quick]
+    python benchmarks/gpt.py [--json] [--device cpu|cuda|auto] [--threads 1] [--quick]
 
 1. Sampling: gpt-tiny (vocabulary 16,384, 1,000 classes) draws `--batch` x 256 tokens with
    the KV cache and again recomputing the whole prefix every step, from the same seed; both
@@ -17,6 +17,10 @@
    high-water mark (VmHWM, reset through /proc/self/clear_refs) in a fresh subprocess per
    variant; on CUDA torch.cuda.max_memory_allocated. Both variants include the head
    weight's gradient (vocab x width fp32), which neither can avoid.
+
+CPU runs use `--threads` intra-op threads (default 1) for every measurement alike: a decoding
+step of gpt-tiny is a chain of tiny kernels, and on a shared machine two OpenMP threads per
+kernel were measured 7-10x slower per step than one (they wait on each other).
 """
 from __future__ import annotations
 
@@ -97,6 +101,8 @@ def _rss_bytes(field: str) -> int:
 
 def loss_worker(args) -> None:
     """Subprocess body: one variant, CPU; prints its JSON result."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
     hidden, weight, targets = _loss_inputs(args, torch.device("cpu"))
     Path("/proc/self/clear_refs").write_text("5")           # reset VmHWM to the current resident set
     base = _rss_bytes("VmRSS")
@@ -117,7 +123,8 @@ def loss_memory(args, device: torch.device) -> dict:
         if device.type == "cpu":
             cmd = [sys.executable, __file__, "--worker", variant, "--width", str(args.width),
                    "--vocab", str(args.vocab), "--tokens", str(args.tokens),
-                   "--loss-batch", str(args.loss_batch), "--loss-chunk", str(args.loss_chunk)]
+                   "--loss-batch", str(args.loss_batch), "--loss-chunk", str(args.loss_chunk),
+                   "--threads", str(args.threads)]
             done = subprocess.run(cmd, capture_output=True, text=True, check=False)
             if done.returncode:
                 raise RuntimeError(f"{variant} loss worker failed: {done.stderr.strip().splitlines()[-1:]}")
@@ -148,6 +155,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--json", action="store_true", help="print one JSON object at the end")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
+    parser.add_argument("--threads", type=int, default=1, help="CPU intra-op threads (0: torch's default)")
     parser.add_argument("--quick", action="store_true", help="64 tokens per sample instead of 256 (a smoke run)")
     parser.add_argument("--tokens", type=int, default=256, help="image tokens per sample")
     parser.add_argument("--batch", type=int, default=16, help="samples drawn at once in the sampling test")
@@ -163,6 +171,8 @@ def main() -> int:
     if args.quick:
         args.tokens = 64
     device = resolve_device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     print(f"device {device}, torch {torch.__version__}, {torch.get_num_threads()} threads", flush=True)
 
     samp = sampling(args, device)

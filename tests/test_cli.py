@@ -75,3 +75,90 @@ def test_errors_are_one_line(checkpoint, tmp_path, capsys):
 def test_console_script_lists_presets():
     out = subprocess.run([sys.executable, "-m", "vqgan_lc.cli", "presets"], capture_output=True, text=True, check=True)
     assert "vqgan-lc-f16-100k" in out.stdout and "paper-f16-100k" in out.stdout
+
+
+def test_help_and_version_import_nothing_heavy():
+    code = ("import sys, vqgan_lc.cli as c; p = c.build_parser(); "
+            "print(sorted(m for m in ('torch', 'faiss', 'numpy') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+    out = subprocess.run([sys.executable, "-m", "vqgan_lc", "--version"], capture_output=True, text=True, check=True)
+    assert out.stdout.startswith("vqgan-lc ")
+
+
+def test_train_help_lists_every_set_key(capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    text = capsys.readouterr().out
+    assert "model.quantizer.codebook_size" in text and "max_steps" in text and "loss.disc_start" in text
+
+
+def test_outputs_never_overwrite_inputs_and_never_each_other(checkpoint, tmp_path, capsys):
+    rng = np.random.default_rng(1)
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(tmp_path / folder / "cat.png")
+    before = (tmp_path / "a" / "cat.png").read_bytes()
+    paths = [str(tmp_path / "a" / "cat.png"), str(tmp_path / "b" / "cat.png")]
+    assert main(["reconstruct", str(checkpoint), paths[0], "--out", str(tmp_path / "a")]) == 2
+    assert "would overwrite an input" in capsys.readouterr().err
+    assert (tmp_path / "a" / "cat.png").read_bytes() == before
+    assert main(["encode", str(checkpoint), *paths, "--out", str(tmp_path / "tok")]) == 0
+    assert sorted(p.name for p in (tmp_path / "tok").iterdir()) == ["0_cat.npy", "1_cat.npy"]
+
+
+def test_partial_success_reports_each_unreadable_input(checkpoint, images, tmp_path, capsys):
+    paths = sorted(str(p) for p in images.glob("*.png"))  # 3 readable + broken.png
+    assert main(["encode", str(checkpoint), *paths, "--out", str(tmp_path / "tok")]) == 0
+    captured = capsys.readouterr()
+    assert "3 token arrays written" in captured.out and "1 unreadable input(s) skipped" in captured.out
+    assert [line for line in captured.err.splitlines() if line.startswith("skipped ")] == [
+        line for line in captured.err.splitlines() if "broken.png" in line]
+
+
+def test_bad_token_files_and_bad_values_fail_in_one_line(checkpoint, tmp_path, capsys):
+    np.save(tmp_path / "empty.npy", np.zeros((0, 8), dtype=np.int32))
+    np.savez(tmp_path / "archive.npz", a=np.zeros((8, 8), dtype=np.int32))
+    (tmp_path / "file").write_text("not a folder")
+    cases = [
+        (["decode", str(checkpoint), str(tmp_path / "empty.npy"), "--out", str(tmp_path / "d")], "no empty side"),
+        (["decode", str(checkpoint), str(tmp_path / "archive.npz"), "--out", str(tmp_path / "d")], "npz"),
+        (["encode", str(checkpoint), "x.png", "--out", str(tmp_path / "file")], "not a folder"),
+        (["train", "cpu-tiny-lc", "--out", str(tmp_path / "r"), "--set", "betas=0.5"], "betas"),
+        (["train", "cpu-tiny-lc", "--out", str(tmp_path / "r"), "--set", "max_steps=-3"], "max_steps"),
+        (["eval", str(checkpoint), "--data", "demo:eval:4", "--out", str(tmp_path / "e"), "--device", "cuda"],
+         "no CUDA device"),
+    ]
+    for argv, expected in cases:
+        if "cuda" in argv and __import__("torch").cuda.is_available():
+            continue
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err.strip()
+        assert expected in err and "\n" not in err and "Traceback" not in err, (argv, err)
+
+
+def test_resume_alone_continues_and_refuses_changed_settings(tmp_path, capsys):
+    tiny = ["model.autoencoder.resolution=32", "model.autoencoder.ch=8", "model.autoencoder.ch_mult=1,2,2",
+            "model.autoencoder.num_res_blocks=1", "model.autoencoder.z_channels=8", "model.autoencoder.norm_groups=4",
+            "model.quantizer.codebook_size=64", "model.quantizer.codebook_dim=16", "batch_size=4",
+            "loss.perceptual=none", "device=cpu", "save_every=1"]
+    run = tmp_path / "run"
+    assert main(["train", "cpu-tiny-lc", "--data", "demo:train:16", "--out", str(run), "--set", *tiny,
+                 "max_steps=2"]) == 0
+    assert main(["train", "--resume", str(run), "--set", "lr=0.5"]) == 2
+    err = capsys.readouterr().err
+    assert "lr differ(s) from the saved run" in err
+    assert main(["train", "--resume", str(run), "--set", "max_steps=3"]) == 0
+    assert "trained 3 steps" in capsys.readouterr().out
+
+
+def test_a_second_process_cannot_write_a_locked_run_folder(tmp_path):
+    from vqgan_lc.files import DirectoryLock
+
+    code = ("import sys; from vqgan_lc.files import DirectoryLock\n"
+            "try:\n    DirectoryLock(sys.argv[1]).acquire()\nexcept RuntimeError as e:\n    print(e)")
+    with DirectoryLock(tmp_path / "run"):
+        out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "run")], capture_output=True, text=True)
+        assert "in use by another process (pid" in out.stdout
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "run")], capture_output=True, text=True)
+    assert out.stdout == ""  # released

@@ -29,6 +29,8 @@ def register(sub) -> None:
     mode.add_argument("--mode", dest="mode", choices=CODEBOOK_MODES, help="also random-select / gaussian (Table 6)")
     p.set_defaults(mode="auto")
     p.add_argument("--pool", type=common.positive_int, default=4, help="average-pool each feature grid to POOLxPOOL vectors (paper: 4)")
+    p.add_argument("--no-pool", dest="pool", action="store_const", const=None, help="keep every grid cell (more vectors per image)")
+    p.add_argument("--input-size", type=common.positive_int, help="image size fed to the backbone (default: its own)")
     p.add_argument("--iters", type=common.positive_int, default=20, help="k-means iterations")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--init", choices=("random", "k-means++"), default="random", help="k-means seeding")
@@ -52,7 +54,7 @@ def build(args) -> int:
 
     config = CodebookBuildConfig(
         data=args.data, size=args.size, out=args.out, backbone=args.backbone, backbone_weights=args.backbone_weights,
-        mode=args.mode, pool=args.pool, iters=args.iters, seed=args.seed, init=args.init, assign=args.assign,
+        mode=args.mode, pool=args.pool, input_size=args.input_size, iters=args.iters, seed=args.seed, init=args.init, assign=args.assign,
         batch_size=args.batch_size, workers=args.workers, shard_mb=args.shard_mb, cache_dir=args.cache_dir,
         features_dir=args.features_dir, device=args.device, progress=not args.no_progress)
     build_codebook_file(config.validate())

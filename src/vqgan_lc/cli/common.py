@@ -62,3 +62,23 @@ def print_config_keys(config_class, title: str) -> str:
     width = max(len(k) for k, _, _ in rows)
     lines = [f"  {k:<{width}}  {t:<22} default {v!r}" for k, t, v in rows]
     return f"{title}\n" + "\n".join(lines)
+
+
+# Fields a resumed run may change without changing what it computes.
+RESUME_SAFE_FIELDS = ("max_steps", "epochs", "save_every", "log_every", "image_every", "usage_every", "num_workers",
+                      "device", "out_dir")
+
+
+def resumed_config(saved, run: str, overrides: list[str], requested=None):
+    """The config a `--resume RUN` continues with: the run's saved one (or `requested`, which must
+    equal it), plus overrides of the safe fields only; a changed field is named in one line."""
+    import copy
+
+    config = copy.deepcopy(requested if requested is not None else saved).override(overrides)
+    config.out_dir = str(run)
+    new, old = config.to_dict(), saved.to_dict()
+    changed = [k for k in new if new[k] != old.get(k) and k not in RESUME_SAFE_FIELDS]
+    if changed:
+        raise ValueError(f"--resume {run}: {', '.join(changed)} differ(s) from the saved run; a resumed run keeps "
+                         f"its configuration (only {', '.join(RESUME_SAFE_FIELDS[:-1])} may change)")
+    return config.validate()

@@ -1,20 +1,44 @@
-"""`vqgan-lc demo`: the whole method on bundled real images, offline, in minutes on a CPU."""
+"""`vqgan-lc demo`: the whole method on bundled real images, offline, in minutes on a CPU.
+
+    vqgan-lc demo --out runs/demo                       # codebook + VQGAN-LC vs VQGAN on bundled photos
+    vqgan-lc demo --generate gpt --out runs/demo-gpt    # class-conditional generation on MNIST digits
+"""
 from __future__ import annotations
+
+GENERATORS = ("gpt", "dit", "sit", "ldm")
+
+
+def _generators(text: str) -> tuple[str, ...]:
+    import argparse
+    names = tuple(n for n in text.split(",") if n)
+    unknown = [n for n in names if n not in GENERATORS]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"choose generators from {','.join(GENERATORS)}, got {text!r}")
+    return names
 
 
 def register(sub) -> None:
-    p = sub.add_parser("demo", help="build a codebook, train VQGAN-LC and VQGAN on bundled photos, compare")
-    p.add_argument("--out", default="runs/demo")
+    p = sub.add_parser("demo", help="run the method end to end on bundled real images (tokenizers, or --generate)")
+    p.add_argument("--out", help="output folder (default runs/demo, or runs/demo-<generators>)")
+    p.add_argument("--generate", type=_generators, metavar="GEN[,GEN]",
+                   help="class-conditional generation on MNIST digits with gpt, dit, sit and/or ldm (comma-separated)")
     p.add_argument("--quick", action="store_true", help="a reduced run (well under a minute) for smoke tests")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
-    from ..demo import DemoConfig, run_demo
     from .common import writable_out
 
+    if args.generate:
+        from ..generate.demo import GenerationDemoConfig, run_generation_demo
+        config = GenerationDemoConfig.quick(args.generate) if args.quick else GenerationDemoConfig(generators=args.generate)
+        config.out_dir = args.out or f"runs/demo-{'-'.join(args.generate)}"
+        writable_out(config.out_dir)
+        run_generation_demo(config)
+        return 0
+    from ..demo import DemoConfig, run_demo
     config = DemoConfig.quick() if args.quick else DemoConfig()
-    config.out_dir = args.out
-    writable_out(args.out)
+    config.out_dir = args.out or "runs/demo"
+    writable_out(config.out_dir)
     run_demo(config)
     return 0

@@ -1,9 +1,135 @@
-"""Generator commands (GPT on token ids; DiT, SiT and LDM on latents)."""
+"""Generator commands: cache, train-gen, sample, eval-gen.
+
+    vqgan-lc cache tokens|latents TOKENIZER --data DIR --out CACHE [--flip]
+    vqgan-lc train-gen gpt-tiny|dit-tiny|sit-tiny|ldm-tiny --cache CACHE --out RUN [--set key=value ...]
+    vqgan-lc sample RUN --classes 0,1,2 --per-class 8 --cfg-scale 2 --out DIR
+    vqgan-lc eval-gen SAMPLES --reference DIR --out OUT
+"""
 from __future__ import annotations
+
+import argparse
+
+from . import common
+
+
+class _TrainGenParser(argparse.ArgumentParser):
+    """`train-gen --help` also lists the `--set` keys of the training config."""
+
+    def format_help(self) -> str:
+        from ..generate.training import GeneratorTrainConfig
+        keys = common.print_config_keys(GeneratorTrainConfig, "--set keys (model.* reach the architecture, e.g. "
+                                        "model.n_layer=6):")
+        return super().format_help() + "\n" + keys + "\n"
+
+
+def _classes(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(c) for c in text.split(",") if c.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated class ids like 0,1,7; got {text!r}") from None
 
 
 def register(sub) -> None:
-    """Generator commands join here as they are built; `presets` lists the architectures today."""
+    p = sub.add_parser("cache", help="encode a dataset once with a tokenizer: token ids (GPT) or latents (DiT/SiT/LDM)",
+                       parents=[common.parent(common.device, common.image_size)])
+    p.add_argument("kind", choices=("tokens", "latents"))
+    p.add_argument("tokenizer", help="tokenizer folder (config.json + model.safetensors)")
+    p.add_argument("--data", required=True, help="image folder (class sub-folders -> labels), .txt list, or 'demo'")
+    p.add_argument("--out", required=True, help="cache folder (resumable; under torchrun each rank encodes a slice)")
+    p.add_argument("--flip", action="store_true", help="also store each image's horizontal mirror")
+    p.add_argument("--batch-size", type=common.positive_int, default=32)
+    p.add_argument("--workers", type=int, default=2, help="image-decoding processes")
+    p.set_defaults(func=cache)
+
+    p = common.add_parser(sub, "train-gen", _TrainGenParser, help="train a generator on a token or latent cache "
+                          "(under torchrun for several processes)", parents=[common.parent(common.overrides)])
+    p.add_argument("preset", nargs="?", help="gpt-tiny ... gpt-404m, dit-tiny ... dit-XL, sit-*, ldm-tiny, ldm-base; "
+                   "optional with --resume")
+    p.add_argument("--cache", help="token cache (gpt) or latent cache (dit, sit, ldm)")
+    p.add_argument("--out", help="run folder")
+    p.add_argument("--resume", metavar="RUN", help="continue this run exactly where it stopped, with its saved configuration")
+    p.set_defaults(func=train_gen)
+
+    p = sub.add_parser("sample", help="sample a generator run into PNGs, a grid and token ids",
+                       parents=[common.parent(common.device)])
+    p.add_argument("run", help="generator run folder (train-gen --out)")
+    p.add_argument("--out", required=True)
+    p.add_argument("--classes", type=_classes, default=(), help="comma-separated class ids (default: every class)")
+    p.add_argument("--per-class", type=common.positive_int, default=4)
+    p.add_argument("--cfg-scale", type=float, default=1.0, help="classifier-free guidance scale (1: none)")
+    p.add_argument("--temperature", type=float, default=1.0, help="gpt")
+    p.add_argument("--top-k", type=int, help="gpt: default 10%% of the vocabulary (the paper); 0 disables")
+    p.add_argument("--top-p", type=float, help="gpt: nucleus sampling")
+    p.add_argument("--method", help="dit/ldm: ddpm | ddim; sit: dopri5 | heun | euler | sde")
+    p.add_argument("--steps", type=common.positive_int, help="sampling steps (default: 250 DDPM, 200 DDIM, 50 Heun)")
+    p.add_argument("--no-snap", action="store_true", help="decode latents as sampled, without snapping to the codebook")
+    p.add_argument("--batch-size", type=common.positive_int, default=32)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=sample)
+
+    p = sub.add_parser("eval-gen", help="score samples: FD-lite0 (and FID) against real images, class consistency, "
+                       "utilization", parents=[common.parent(common.device)])
+    p.add_argument("samples", help="folder written by `vqgan-lc sample` (<class>/<NNNN>.png)")
+    p.add_argument("--reference", required=True, help="real images in class sub-folders (the training images)")
+    p.add_argument("--out", required=True)
+    p.add_argument("--fid", default="auto", help="auto (when the Inception weights are on disk) | inception | off")
+    p.add_argument("--fd-image-size", type=common.positive_int, default=256)
+    p.add_argument("--batch-size", type=common.positive_int, default=64)
+    p.set_defaults(func=eval_gen)
+
+
+def cache(args) -> int:
+    from ..generate.cache import CacheConfig, build_cache
+    config = CacheConfig(tokenizer=args.tokenizer, data=args.data, out=args.out, kind=args.kind, flip=args.flip,
+                         image_size=args.image_size, batch_size=args.batch_size, workers=args.workers,
+                         device=args.device)
+    store = build_cache(config)
+    if store is not None:
+        print(f"{store.num_items} images encoded into {args.kind} of shape {store.item_shape(args.kind)} -> {args.out}")
+    return 0
+
+
+def train_gen(args) -> int:
+    from ..generate.training import generator_config, read_generator_run, train_generator
+
+    if args.resume:
+        saved = read_generator_run(args.resume)
+        if (args.preset and args.preset != saved.generator) or (args.cache and args.cache != saved.data):
+            raise ValueError(f"--resume {args.resume} keeps the run's saved preset and cache; drop the preset and --cache")
+        config = common.resumed_config(saved, args.resume, args.set)
+    else:
+        if not (args.preset and args.cache and args.out):
+            raise ValueError("train-gen needs a preset, --cache and --out (or --resume RUN)")
+        config = generator_config(args.preset, args.cache, args.out, args.set)
+    common.writable_out(config.out_dir, "run folder")
+    result = train_generator(config, resume=args.resume)
+    if result.is_main:
+        print(f"trained {result.step} steps; generator saved in {result.out_dir / 'generator'}")
+    return 0
+
+
+def sample(args) -> int:
+    from ..generate.sample import SampleConfig, sample_run
+    config = SampleConfig(run=args.run, out=args.out, classes=args.classes, per_class=args.per_class,
+                          cfg_scale=args.cfg_scale, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                          method=args.method, steps=args.steps, snap=not args.no_snap, batch_size=args.batch_size,
+                          seed=args.seed, device=args.device)
+    report = sample_run(config)
+    print(f"{report['num_samples']} samples ({report['method']}, guidance {report['guidance_scale']}) -> {args.out}; "
+          f"utilization of the generated tokens {100 * report['utilization']:.1f}% of {report['codebook_size']}")
+    return 0
+
+
+def eval_gen(args) -> int:
+    from ..evaluate.generation import GenEvalConfig, evaluate_samples
+    config = GenEvalConfig(samples=args.samples, reference=args.reference, out=args.out, fid=args.fid,
+                           fd_image_size=args.fd_image_size, batch_size=args.batch_size, device=args.device)
+    report = evaluate_samples(config)
+    consistency = report.get("class_consistency")
+    print(f"FD-lite0 {report['fd_lite0']:.2f} | class consistency "
+          f"{'n/a' if consistency is None else f'{100 * consistency:.1f}%'} | {report['num_samples']} samples "
+          f"-> {args.out}/report.json")
+    return 0
 
 
 def list_generator_presets() -> None:
@@ -11,7 +137,8 @@ def list_generator_presets() -> None:
     from ..generate.gpt import GPT_PRESETS
     from ..generate.unet import UNET_PRESETS
 
-    print("generator presets:")
-    print("  gpt (class-conditional, token ids):", ", ".join(GPT_PRESETS))
-    print("  dit / sit (latents, patch 2):      ", ", ".join(DIT_PRESETS))
-    print("  ldm (latents, UNet):               ", ", ".join(UNET_PRESETS))
+    print("generator presets (vqgan-lc train-gen PRESET --cache CACHE --out RUN):")
+    print("  gpt (token ids):       ", ", ".join(GPT_PRESETS))
+    print("  dit (latents):         ", ", ".join(DIT_PRESETS))
+    print("  sit (latents, SiT):    ", ", ".join("sit-" + name.split("-", 1)[1] for name in DIT_PRESETS))
+    print("  ldm (latents, UNet):   ", ", ".join(UNET_PRESETS))

@@ -5,11 +5,6 @@ import argparse
 
 from . import common
 
-# Fields a resumed run may change without changing what it computes.
-RESUME_SAFE_FIELDS = {"max_steps", "epochs", "save_every", "log_every", "image_every", "usage_every", "num_workers",
-                      "device", "out_dir"}
-
-
 class _TrainParser(argparse.ArgumentParser):
     """`train --help` also lists every `--set` key with its type and default."""
 
@@ -28,7 +23,7 @@ def register(sub) -> None:
     p.add_argument("--data", help="image folder, .txt list, or 'demo'")
     p.add_argument("--out", help="run folder (checkpoints, tensorboard, samples)")
     p.add_argument("--resume", metavar="RUN", help="continue the run in this folder exactly where it stopped, with "
-                   f"its saved configuration (only {', '.join(sorted(RESUME_SAFE_FIELDS - {'out_dir'}))} may change)")
+                   "its saved configuration (only run-length, logging and device settings may change)")
     p.set_defaults(func=train)
 
     p = sub.add_parser("eval", help="evaluate a tokenizer: utilization, PSNR, SSIM, perceptual, FD-lite0, rFID",
@@ -66,20 +61,18 @@ def _resolve_train_config(args):
     if args.recipe is None and args.resume is None:
         raise ValueError("train needs a recipe (see `vqgan-lc presets`), or --resume RUN")
     requested = get_recipe(args.recipe) if args.recipe else None
-    if requested is not None:
+    if args.resume is None:
         requested.data = args.data or requested.data
         requested.out_dir = args.out or requested.out_dir
-    if args.resume is None:
         return requested.override(args.set).validate()
+    if args.out and args.out != args.resume:
+        raise ValueError(f"--resume {args.resume} continues in that folder; drop --out {args.out}")
     saved = read_train_config(args.resume)
-    config = (requested or saved).override(args.set)
-    config.data = args.data or config.data
-    config.out_dir = args.out or str(args.resume)
-    changed = [k for k, v in config.to_dict().items() if saved.to_dict()[k] != v and k not in RESUME_SAFE_FIELDS]
-    if changed:
-        raise ValueError(f"--resume {args.resume}: {', '.join(changed)} differ(s) from the saved run; a resumed run "
-                         f"keeps its configuration (only {', '.join(sorted(RESUME_SAFE_FIELDS))} may change)")
-    return config.validate()
+    if requested is None and args.data:
+        requested = type(saved).from_dict(saved.to_dict())
+    if requested is not None:  # a recipe or --data given again must name the same run
+        requested.data = args.data or saved.data
+    return common.resumed_config(saved, args.resume, args.set, requested)
 
 
 def train(args) -> int:

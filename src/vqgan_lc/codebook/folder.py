@@ -28,8 +28,9 @@ class CodebookBuildConfig(Config):
     out: str = "codebook.safetensors"
     backbone: str = "efficientnet-lite0"
     backbone_weights: str | None = None
+    input_size: int | None = None      # image size fed to the backbone (default: the backbone's own, 256 for Lite0)
     mode: str = "auto"                 # "auto" (per-class with labels, else global) or one of CODEBOOK_MODES
-    pool: int = 4                      # average-pool each feature grid to pool x pool vectors (paper: 4)
+    pool: int | None = 4               # average-pool each feature grid to pool x pool vectors (paper: 4); None keeps the grid
     iters: int = 20
     seed: int = 0
     init: str = "random"               # k-means seeding: "random" | "k-means++"
@@ -45,7 +46,7 @@ class CodebookBuildConfig(Config):
     def check(self) -> None:
         if not self.data:
             raise ValueError("codebook build needs the image folder or list (data)")
-        if self.size < 1 or self.pool < 1 or self.iters < 1 or self.batch_size < 1 or self.workers < 0:
+        if self.size < 1 or (self.pool is not None and self.pool < 1) or self.iters < 1 or self.batch_size < 1 or self.workers < 0:
             raise ValueError(f"size, pool, iters and batch size must be >= 1 (got {self.size}, {self.pool}, "
                              f"{self.iters}, {self.batch_size}) and workers >= 0")
         if self.mode not in ("auto", *CODEBOOK_MODES):
@@ -80,7 +81,8 @@ def build_codebook_file(config: CodebookBuildConfig):
     records = list_images(config.data)  # ImageError is a ValueError: one line from the CLI
     check_writable_dir(os.path.dirname(os.path.abspath(config.out)), "codebook folder")
     env = distributed.init(config.device)
-    backbone = build_backbone(config.backbone, config.backbone_weights)
+    options = {"input_size": config.input_size} if config.input_size else {}
+    backbone = build_backbone(config.backbone, config.backbone_weights, **options)
     folder = features_folder(config, records, backbone)
     extract = ExtractConfig(pool=config.pool, batch_size=config.batch_size, shard_mb=config.shard_mb,
                             num_workers=config.workers, device=str(env.device), progress=config.progress)

@@ -13,7 +13,6 @@ consistency keeps per-class counts only.
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,6 +47,7 @@ class GenEvalConfig(Config):
     fd_image_size: int = 256  # both sets are loaded at this size (short side, centre crop); a multiple of 32
     classifier_size: int = CLASSIFIER_SIZE  # the class-consistency classifier's input size
     batch_size: int = 32
+    workers: int = 2  # image-decoding processes (0: decode in this process)
     device: str = "auto"
     cache_dir: str | None = None  # classifier cache root; default $VQGAN_LC_CACHE or ~/.cache/vqgan-lc
     inception_weights: str | None = None  # FID Inception file; default $VQGAN_LC_INCEPTION or torch hub's cache
@@ -60,8 +60,9 @@ class GenEvalConfig(Config):
             raise ValueError(f"fid must be one of {FID_CHOICES}, got {self.fid!r}")
         if self.fd_image_size < 32 or self.fd_image_size % 32:
             raise ValueError(f"fd_image_size must be a positive multiple of 32 (e.g. 256), got {self.fd_image_size}")
-        if self.classifier_size < 8 or self.batch_size < 1:
-            raise ValueError(f"need classifier_size >= 8 and batch_size >= 1, got {self.classifier_size}, {self.batch_size}")
+        if self.classifier_size < 8 or self.batch_size < 1 or self.workers < 0:
+            raise ValueError(f"need classifier_size >= 8, batch_size >= 1 and workers >= 0, got {self.classifier_size}, "
+                             f"{self.batch_size}, {self.workers}")
 
 
 def _require_folder(path: str, what: str, hint: str) -> Path:
@@ -93,6 +94,23 @@ def _sampler_report(folder: Path) -> tuple[dict, str | None]:
     if not isinstance(data, dict):
         return {}, f"{path} is not a JSON object; guidance_scale and codebook_size unknown"
     return data, None
+
+
+def _sample_listing(folder: Path, reference_names: list[str]) -> list:
+    """The samples: the images inside <class> sub-folders (a class id, or a reference class name),
+    ignoring what else the sampler keeps beside them (grid.png, an eval/ folder); a folder with
+    no such sub-folder is read as one flat, unlabelled set."""
+    from vqgan_lc.data import ImageRecord
+
+    names = set(reference_names)
+    class_dirs = sorted((d for d in folder.iterdir() if d.is_dir() and (d.name.isdigit() or d.name in names)),
+                        key=lambda d: (not d.name.isdigit(), int(d.name) if d.name.isdigit() else 0, d.name))
+    if not class_dirs:
+        return list_images(folder)  # ImageError (a ValueError) when it holds no images
+    records = [ImageRecord(r.path, i, d.name) for i, d in enumerate(class_dirs) for r in list_images(d)]
+    if not records:
+        raise ValueError(f"samples folder {folder} has class sub-folders but no images in them")
+    return records
 
 
 def _sample_class_ids(records, folder: Path, reference_names: list[str]) -> list[int] | None:
@@ -156,7 +174,8 @@ def _utilization(folder: Path, sampler: dict) -> tuple[dict | None, str]:
 def _loader(records, config: GenEvalConfig) -> DataLoader:
     # The dataset yields items at fd_image_size: short side resized (PIL bicubic), centre crop.
     dataset = ImageDataset(records, config.fd_image_size, train=False)
-    return DataLoader(dataset, batch_size=config.batch_size, shuffle=False, collate_fn=collate_skip_corrupt)
+    return DataLoader(dataset, batch_size=config.batch_size, shuffle=False, num_workers=config.workers,
+                      collate_fn=collate_skip_corrupt)
 
 
 def _stream(records, config, device, nets: dict, desc: str, on_batch=None) -> dict:
@@ -216,15 +235,15 @@ def evaluate_samples(config: GenEvalConfig) -> dict:
     config.validate()
     samples = _require_folder(config.samples, "samples folder", "pass the folder the sampler wrote")
     reference = _require_folder(config.reference, "reference folder", "pass the training image folder (class sub-folders)")
-    if not any(True for _ in samples.iterdir()):
+    if next(samples.iterdir(), None) is None:
         raise ValueError(f"samples folder {samples} is empty; run the sampler first or pass the folder it wrote")
     use_fid = _use_fid(config)  # before any work: fid='inception' without weights fails at once
     out = check_writable_dir(config.out, "--out folder")
     device = distributed.resolve_device(config.device)
 
-    sample_records = list_images(samples)  # ImageError (a ValueError) when it holds no images
     reference_records = list_images(reference)
     reference_names = class_names(reference_records)
+    sample_records = _sample_listing(samples, reference_names)
     sampler, sampler_problem = _sampler_report(samples)
     notes = [sampler_problem] if sampler_problem else []
 
@@ -322,7 +341,7 @@ def _protocol(config, report, samples, reference, use_fid, nets, fake, real, usa
                        "samples; classifier_accuracy is its ceiling")
     return {
         "samples": f"{samples.resolve()}: {n} images",
-        "reference": f"{reference.resolve()}: {m} images (the generator's training images, as in the paper)",
+        "reference": f"{reference.resolve()}: {m} images (real images; the paper compares samples with the generator's training set)",
         "windows": f"every readable image of both folders: {n} samples vs {m} reference images",
         "preprocessing": f"both folders: short side resized to {size} px (PIL bicubic), centre crop {size}x{size}; "
         "pixels in [-1, 1]",

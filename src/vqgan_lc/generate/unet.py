@@ -26,6 +26,7 @@ from torch import nn
 
 from ..config import Config
 from ..pretrained import PretrainedModel
+from ..tokenizer.autoencoder import Upsample  # nearest x2 + 3x3 conv, the same block the VQGAN decoder uses
 from .guidance import guided
 
 
@@ -222,15 +223,6 @@ class Downsample(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.conv(x)
-
-
-class Upsample(nn.Module):
-    def __init__(self, channels: int):
-        super().__init__()
-        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
 
 
 class Stage(nn.ModuleList):

@@ -256,8 +256,12 @@ def _train(task, config, env, out_dir, resume, stop_at_step, progress) -> TrainR
             if hasattr(dataset, "set_epoch"):
                 dataset.set_epoch(epoch)
             sampler.set_epoch(epoch, start_batch=(step % steps_per_epoch) * config.grad_accum)
+            # The loader draws its workers' base seed from its own generator, never from the global
+            # RNG: a resumed run creates an iterator where an uninterrupted one did not, and the
+            # global stream (class dropout, token corruption, diffusion noise) must not shift.
+            seeds = torch.Generator().manual_seed(config.seed * 1_000_003 + epoch)
             loader_iter = iter(DataLoader(dataset, batch_sampler=sampler, num_workers=config.num_workers,
-                                          collate_fn=task.collate))
+                                          collate_fn=task.collate, generator=seeds))
         lr = lr_at(step, base_lr=config.lr, warmup_steps=warmup_steps, total_steps=total_steps, min_lr=config.min_lr)
         for opt in optimizers.values():
             for group in opt.param_groups:

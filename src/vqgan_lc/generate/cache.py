@@ -1,0 +1,147 @@
+"""Token and latent caches: every training image encoded once by the tokenizer.
+
+`vqgan-lc cache tokens TOKENIZER --data DIR --out CACHE` stores int32 (h, w) token ids per image
+(what GPT trains on); `cache latents` stores the quant_conv output (D', h, w), the continuous
+latents LDM/DiT/SiT model, unscaled (the paper's choice) — per-channel statistics measured on
+the cache are stored beside it (`latent_stats.json`) for a generator that wants a scale.
+`--flip` also stores each image's horizontal mirror, and training picks one of the two per
+item and epoch (seeded, so a resumed run sees the same choice).
+
+Generators read the cache, never the images. It is the shared sharded cache (`data/cache.py`):
+resumable, sliced over `torchrun` ranks, memory-bounded.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .. import distributed
+from ..config import Config
+from ..data.cache import CacheDataset, CacheStore, write_cache
+from ..files import atomic_write_json
+
+KINDS = ("tokens", "latents")
+STATS_NAME = "latent_stats.json"
+
+
+@dataclass
+class CacheConfig(Config):
+    tokenizer: str = ""             # tokenizer folder (config.json + model.safetensors)
+    data: str = ""                  # image folder (class sub-folders -> labels), .txt list, or "demo..."
+    out: str = ""                   # cache folder
+    kind: str = "tokens"            # "tokens" (GPT) | "latents" (LDM / DiT / SiT)
+    flip: bool = False              # also store each image's horizontal mirror
+    image_size: int | None = None   # default: the tokenizer's resolution
+    batch_size: int = 32
+    workers: int = 2
+    shard_mb: float = 256
+    device: str = "auto"
+    progress: bool = True
+
+    def check(self) -> None:
+        if not (self.tokenizer and self.data and self.out):
+            raise ValueError("a cache needs the tokenizer folder, --data and --out")
+        if self.kind not in KINDS:
+            raise ValueError(f"cache kind must be one of {KINDS}, got {self.kind!r}")
+        if self.batch_size < 1 or self.workers < 0 or self.shard_mb <= 0:
+            raise ValueError("batch_size >= 1, workers >= 0 and shard_mb > 0 are needed")
+        if self.image_size is not None and self.image_size < 8:
+            raise ValueError(f"image_size must be >= 8, got {self.image_size}")
+
+
+def build_cache(config: CacheConfig) -> CacheStore | None:
+    """Encode `config.data` with the tokenizer into `config.out` (or resume); returns the store."""
+    from ..data import build_dataset
+    from ..files import check_writable_dir
+    from ..tokenizer.model import VQModel
+
+    config.validate()
+    check_writable_dir(config.out, "cache folder")
+    env = distributed.init(config.device)
+    model = VQModel.from_pretrained(config.tokenizer).to(env.device).eval()
+    size = config.image_size or model.config.autoencoder.resolution
+    grid = model.token_grid(size)
+    dataset = build_dataset(config.data, size, train=False)
+    key = config.kind
+
+    def encode(images: torch.Tensor) -> dict[str, np.ndarray]:
+        images = images.to(env.device)
+        variants = {key: images}
+        if config.flip:
+            variants[f"{key}_flip"] = images.flip(-1)
+        out = {}
+        for name, batch in variants.items():
+            if config.kind == "tokens":
+                out[name] = model.encode(batch).indices.to(torch.int32).cpu().numpy()
+            else:
+                out[name] = model.encode_latents(batch).float().cpu().numpy()
+        return out
+
+    header = {"kind": config.kind, "tokenizer": os.path.abspath(config.tokenizer), "data": str(config.data),
+              "image_size": size, "grid": list(grid), "flip": config.flip,
+              "codebook_size": model.num_codes, "latent_dim": model.quantizer.dim,
+              "tokenizer_config": model.config.to_dict()}
+    store = write_cache(dataset, encode, config.out, header=header, batch_size=config.batch_size,
+                        num_workers=config.workers, shard_mb=config.shard_mb, progress=config.progress)
+    if store is not None and config.kind == "latents" and env.is_main:
+        atomic_write_json(Path(config.out) / STATS_NAME, latent_stats(store))
+    distributed.barrier()
+    return store
+
+
+def latent_stats(store: CacheStore, chunk: int = 4096) -> dict:
+    """Per-channel mean and std of the cached latents (streamed in chunks), and the scale
+    1 / overall std that would bring them to unit variance."""
+    rows = store.rows("latents")
+    c = rows.shape[1]
+    total, total_sq, count = np.zeros(c), np.zeros(c), 0
+    for start in range(0, len(rows), chunk):
+        block = np.asarray(rows[start:start + chunk], dtype=np.float64)  # (n, C, h, w)
+        total += block.sum(axis=(0, 2, 3))
+        total_sq += (block ** 2).sum(axis=(0, 2, 3))
+        count += block.shape[0] * block.shape[2] * block.shape[3]
+    mean = total / count
+    var = np.maximum(total_sq / count - mean ** 2, 0.0)
+    # every channel has the same count, so the pooled variance is E[x^2] - E[x]^2 over channels
+    overall = float(np.sqrt(max((var + mean ** 2).mean() - mean.mean() ** 2, 0.0)))
+    return {"mean": mean.tolist(), "std": np.sqrt(var).tolist(), "scale": 1.0 / max(overall, 1e-12),
+            "num_values_per_channel": int(count)}
+
+
+def open_cache(folder: str) -> CacheStore:
+    store = CacheStore.open(folder)
+    if store.header.get("kind") not in KINDS:
+        raise ValueError(f"{folder} is not a token or latent cache; build one with `vqgan-lc cache tokens|latents`")
+    return store
+
+
+class GeneratorDataset(torch.utils.data.Dataset):
+    """Cached items for a generator: {"x": tokens (h*w,) int64 or latents (D', h, w) float32,
+    "label": int}. With a flipped copy in the cache, item i of epoch e uses the mirror when a
+    hash of (seed, epoch, i) says so: the same choice in every run and after a resume."""
+
+    def __init__(self, store: CacheStore, seed: int = 0):
+        self.kind = store.header["kind"]
+        self.main = CacheDataset(store, self.kind)
+        flip_key = f"{self.kind}_flip"
+        self.flipped = CacheDataset(store, flip_key) if flip_key in store.keys else None
+        self.seed, self.epoch = seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.main)
+
+    def __getitem__(self, i: int) -> dict:
+        source = self.main
+        if self.flipped is not None:
+            pick = np.random.default_rng([self.seed, self.epoch, i]).integers(2)
+            source = self.flipped if pick else self.main
+        item = source[i]
+        x = item["x"].long().flatten() if self.kind == "tokens" else item["x"].float()
+        return {"x": x, "label": item["label"]}

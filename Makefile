@@ -9,16 +9,25 @@ TORCH_PIP_ARGS ?=
 
 .PHONY: setup demo test test-slow bench clean
 
-$(VENV)/.installed: pyproject.toml
+# Extras: [demo] (photos, MNIST digits, plots) and [train] (tensorboard) for `make demo`;
+# [dev] (both, plus test tools) for `make test`. Each stamp file records one installed set.
+$(VENV)/.torch: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q $(TORCH_PIP_ARGS) "$(TORCH_SPEC)"
+	touch $@
+
+$(VENV)/.installed: $(VENV)/.torch
 	$(PY) -m pip install -q -e ".[dev]"
+	touch $@
+
+$(VENV)/.installed-demo: $(VENV)/.torch
+	$(PY) -m pip install -q -e ".[demo,train]"
 	touch $@
 
 setup: $(VENV)/.installed
 
-demo: setup
+demo: $(VENV)/.installed-demo
 	$(VENV)/bin/vqgan-lc demo --out runs/demo
 
 test: setup

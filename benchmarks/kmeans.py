@@ -25,15 +25,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import runpy
 import sys
 import time
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-# faiss's OpenBLAS kernel must be chosen before anything imports faiss, and the package's
-# quantizer does; this file imports nothing from the package.
-runpy.run_path(str(ROOT / "src" / "vqgan_lc" / "_faiss.py"))
+from vqgan_lc._faiss import configure_openblas
+
+# The kernel the package picks for faiss, chosen before numpy, sklearn or faiss load a BLAS, so
+# every method compared runs on the same one (the package itself sets it only when faiss loads).
+configure_openblas()
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402

@@ -61,7 +61,7 @@ def run_naive(z, codebook, budget_mb):
 
 
 def run_faiss(z, codebook, budget_mb):
-    import faiss
+    faiss = search.load_faiss()  # with the BLAS kernel the package's own faiss path gets
 
     index = faiss.IndexFlatL2(codebook.shape[1])
     index.add(codebook.numpy())
@@ -84,9 +84,7 @@ def measure_cpu_worker(args) -> dict:
     """Runs in a fresh process: timed calls, and the resident-set high-water growth (Linux)."""
     torch.set_num_threads(args.threads)
     if args.worker == "faiss":
-        import faiss
-
-        faiss.omp_set_num_threads(args.threads)
+        search.load_faiss().omp_set_num_threads(args.threads)
     z, codebook = make_data(args.n, args.tokens, args.dim, args.data, "cpu")
     fn = METHODS[args.worker]
     fn(z[:64], codebook[:4096], args.budget_mb)  # load libraries / thread pools outside the window

@@ -107,10 +107,19 @@ def _comparison_grid(models: dict, cfg: DemoConfig, path: Path, count: int = 8) 
     save_grid(torch.cat(rows), path, nrow=len(originals))
 
 
-def _plot_usage(curves: dict[str, list[dict]], path: Path) -> None:
-    import matplotlib
+def _pyplot():
+    """matplotlib's pyplot (the [demo] extra, not a core dependency) on the file-only Agg backend."""
+    try:
+        import matplotlib
+    except ImportError:
+        raise RuntimeError("the demo plots utilization with matplotlib: pip install 'vqgan-lc[demo]'") from None
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    return plt
+
+
+def _plot_usage(curves: dict[str, list[dict]], path: Path) -> None:
+    plt = _pyplot()
 
     fig, ax = plt.subplots(figsize=(6, 3.5), dpi=120)
     for name, curve in curves.items():
@@ -136,6 +145,7 @@ def _markdown(report: dict) -> str:
 
 
 def run_demo(cfg: DemoConfig) -> dict:
+    _pyplot()  # a missing extra is reported before minutes of training, not after
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()

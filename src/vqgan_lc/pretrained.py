@@ -8,12 +8,19 @@ A model class derives from `PretrainedModel`, names its `model_type` and `config
 (a `Config` dataclass), and takes the config as its first constructor argument. Loading
 builds the model on the meta device (no throw-away random weights: a 100,000 x 768 codebook
 is never allocated twice), then assigns the file's tensors. Every file is written atomically.
+
+A Hugging Face hub id (`org/name`, optionally `revision=`) loads too: the folder's three files
+are fetched (or found in the hub cache) by `huggingface_hub.snapshot_download`; a local folder
+of that name always wins. `save_pretrained` also writes a model card (README.md, see
+`model_card.py`) and `push_to_hub` uploads the saved folder.
 """
 from __future__ import annotations
 
 import importlib
 import json
 import os
+import re
+import tempfile
 from pathlib import Path
 from typing import ClassVar
 
@@ -21,11 +28,17 @@ import torch
 from torch import nn
 
 from .config import Config
-from .files import atomic_save_safetensors, atomic_write_json
+from .files import atomic_save_safetensors, atomic_write_json, atomic_write_text
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 FORMAT_VERSION = 1
+CARD_NAME = "README.md"
+HUB_FILES = [CONFIG_NAME, WEIGHTS_NAME, CARD_NAME]  # what a hub snapshot fetches of a model repo
+# config.json key holding where the weights came from (e.g. the codebook file's metadata); it is
+# not part of the config, so it never changes what a model computes or how configs compare
+PROVENANCE_KEY = "provenance"
+_HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*")
 
 # model_type -> "module:Class", imported on first use so that loading one kind of model
 # never imports the others.
@@ -45,11 +58,62 @@ def model_class(model_type: str) -> type["PretrainedModel"]:
     return getattr(importlib.import_module(module), name)
 
 
+def _hub_offline() -> bool:
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+        return True
+    try:  # huggingface_hub reads the variable once, at import
+        from huggingface_hub.constants import HF_HUB_OFFLINE
+    except ImportError:
+        return False
+    return bool(HF_HUB_OFFLINE)
+
+
+def resolve_pretrained(name_or_path: str | os.PathLike, revision: str | None = None) -> Path:
+    """The local folder of a pretrained model: `name_or_path` itself when it exists (a local
+    folder always wins), else the Hugging Face hub snapshot of the id `org/name` at `revision`
+    (config.json, model.safetensors and README.md only; from the hub cache when present)."""
+    path = Path(name_or_path)
+    text = os.fspath(name_or_path)
+    if path.exists() or not _HUB_ID.fullmatch(text) or ".." in text:
+        return path  # read_config_file says what is wrong with a local path
+    try:
+        from huggingface_hub import snapshot_download
+        from huggingface_hub.errors import (GatedRepoError, HFValidationError, LocalEntryNotFoundError,
+                                            RepositoryNotFoundError, RevisionNotFoundError)
+    except ImportError:
+        raise FileNotFoundError(f"{text} is not a local folder, and loading it as a Hugging Face hub id needs "
+                                "huggingface_hub: pip install 'vqgan-lc[hub]'") from None
+    at = f" at revision {revision!r}" if revision else ""
+    try:
+        return Path(snapshot_download(text, revision=revision, allow_patterns=HUB_FILES))
+    except LocalEntryNotFoundError:
+        if _hub_offline():
+            raise FileNotFoundError(f"{text} is not a local folder and not in the Hugging Face cache{at}, and "
+                                    "HF_HUB_OFFLINE=1 forbids fetching it; unset HF_HUB_OFFLINE or pass a local "
+                                    "folder") from None
+        raise FileNotFoundError(f"{text} is not a local folder, and the Hugging Face hub could not be reached to "
+                                f"fetch it{at} (nor is it cached); check the connection or pass a local folder") from None
+    except GatedRepoError:
+        raise FileNotFoundError(f"{text} is a gated Hugging Face repository: accept its terms on the hub and log in "
+                                "(`hf auth login`), or pass a local folder") from None
+    except RepositoryNotFoundError:
+        raise FileNotFoundError(f"{text} is not a local folder nor a Hugging Face model repository (a private one "
+                                "needs `hf auth login`)") from None
+    except RevisionNotFoundError:
+        raise FileNotFoundError(f"the Hugging Face repository {text} has no revision {revision!r}") from None
+    except HFValidationError as err:
+        raise ValueError(f"{text} is not a local folder nor a valid Hugging Face hub id "
+                         f"({' '.join(str(err).split())})") from None
+    except OSError as err:  # HTTP errors and the rest of the hub's I/O failures
+        raise OSError(f"could not fetch {text}{at} from the Hugging Face hub: {' '.join(str(err).split())[:300]}") from None
+
+
 def read_config_file(directory: str | os.PathLike) -> dict:
     """The raw `config.json` of a pretrained folder, checked for presence and format."""
     directory = Path(directory)
     if not directory.is_dir():
-        raise FileNotFoundError(f"no pretrained model at {directory}: not a folder")
+        raise FileNotFoundError(f"no pretrained model at {directory}: not a folder"
+                                f"{'' if directory.exists() else ' (no such path)'}")
     path = directory / CONFIG_NAME
     if not path.is_file():
         raise FileNotFoundError(f"{path} is missing: a pretrained model folder holds {CONFIG_NAME} and {WEIGHTS_NAME}")
@@ -114,6 +178,8 @@ class PretrainedModel(nn.Module):
             raise ValueError(f"{type(self).__name__} takes a {self.config_class.__name__}, "
                              f"got {type(config).__name__}")
         self.config = config.validate()
+        # facts about where the weights came from (model card material); saved in config.json
+        self.provenance: dict = {}
 
     @property
     def device(self) -> torch.device:
@@ -126,14 +192,61 @@ class PretrainedModel(nn.Module):
     def num_parameters(self, trainable_only: bool = False) -> int:
         return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
 
-    def save_pretrained(self, directory: str | os.PathLike) -> Path:
-        """Write `config.json` and `model.safetensors` (each atomically) into `directory`."""
+    def gather_provenance(self) -> dict:
+        """This model's provenance, with what its submodules record (an LC quantizer built from a
+        codebook file records that file's metadata under "codebook"); the submodules' is newer."""
+        facts = dict(self.provenance)
+        for module in self.modules():
+            if module is not self and isinstance(getattr(module, "provenance", None), dict):
+                facts.update(module.provenance)
+        return facts
+
+    def save_pretrained(self, directory: str | os.PathLike, *, report: dict | str | os.PathLike | None = None,
+                        license: str | None = None, repo_id: str | None = None) -> Path:
+        """Write `config.json`, `model.safetensors` and the model card `README.md` (each atomically).
+
+        The card also shows the training recipe (the run's train_config.json beside the folder)
+        and an evaluation report: `report` (a dict or a report.json path), else a report.json
+        beside the folder. `license` goes into the card's front matter (default: the library's,
+        MIT); `repo_id` names the model in it. A README.md that vqgan-lc did not write is kept."""
+        from .model_card import DEFAULT_LICENSE, find_train_config, may_write, read_report, render
+
         out = Path(directory)
         state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
         atomic_save_safetensors(state, out / WEIGHTS_NAME, metadata={"format": "pt", "model_type": self.model_type})
+        provenance = self.gather_provenance()
+        config = self.config.to_dict()
         atomic_write_json(out / CONFIG_NAME, {"model_type": self.model_type, "format_version": FORMAT_VERSION,
-                                              **self.config.to_dict()})
+                                              **config, **({PROVENANCE_KEY: provenance} if provenance else {})})
+        card = out / CARD_NAME
+        if may_write(card):
+            parameters = list(self.parameters())
+            atomic_write_text(card, render(
+                self.model_type, config, parameters=sum(p.numel() for p in parameters),
+                trainable=sum(p.numel() for p in parameters if p.requires_grad),
+                frozen_values=sum(b.numel() for b in self.buffers()), provenance=provenance,
+                train_config=find_train_config(out, config), report=read_report(report, out),
+                license=license or DEFAULT_LICENSE, repo_id=repo_id))
         return out
+
+    def push_to_hub(self, repo_id: str, *, private: bool = False, token: str | None = None,
+                    commit_message: str = "Upload vqgan-lc model", revision: str | None = None,
+                    report: dict | str | os.PathLike | None = None, license: str | None = None):
+        """Save into a temporary folder (config.json, model.safetensors, README.md) and upload it
+        to the Hugging Face hub repository `repo_id` (created when missing; `private` applies
+        then). Returns the hub's commit info. `report`/`license`: see `save_pretrained`."""
+        try:
+            from huggingface_hub import HfApi
+        except ImportError:
+            raise RuntimeError("push_to_hub needs huggingface_hub: pip install 'vqgan-lc[hub]'") from None
+        if not _HUB_ID.fullmatch(repo_id):
+            raise ValueError(f"repo_id must look like 'org/name', got {repo_id!r}")
+        api = HfApi(token=token)
+        api.create_repo(repo_id, private=private, exist_ok=True, token=token)
+        with tempfile.TemporaryDirectory(prefix="vqgan-lc-push-") as folder:
+            self.save_pretrained(folder, report=report, license=license, repo_id=repo_id)
+            return api.upload_folder(repo_id=repo_id, folder_path=folder, commit_message=commit_message,
+                                     token=token, revision=revision)
 
     @classmethod
     def read_config(cls, directory: str | os.PathLike) -> Config:
@@ -141,7 +254,7 @@ class PretrainedModel(nn.Module):
         if data["model_type"] != cls.model_type:
             raise ValueError(f"{Path(directory) / CONFIG_NAME} holds a {data['model_type']!r} model, "
                              f"not a {cls.model_type!r}")
-        fields = {k: v for k, v in data.items() if k not in ("model_type", "format_version")}
+        fields = {k: v for k, v in data.items() if k not in ("model_type", "format_version", PROVENANCE_KEY)}
         return cls.config_class.from_dict(fields).validate()
 
     @classmethod
@@ -158,13 +271,21 @@ class PretrainedModel(nn.Module):
         return model
 
     @classmethod
-    def from_pretrained(cls, directory: str | os.PathLike, map_location: str | torch.device = "cpu"):
+    def from_pretrained(cls, name_or_path: str | os.PathLike, map_location: str | torch.device = "cpu", *,
+                        revision: str | None = None):
+        """Load a local folder, or a Hugging Face hub id `org/name` (at `revision`)."""
+        directory = resolve_pretrained(name_or_path, revision)
         config = cls.read_config(directory)
         weights = Path(directory) / WEIGHTS_NAME
         model = cls.from_config_and_state(config, read_weights(weights, map_location), str(weights))
+        provenance = read_config_file(directory).get(PROVENANCE_KEY)
+        model.provenance = dict(provenance) if isinstance(provenance, dict) else {}
         return model.eval()
 
 
-def load_pretrained(directory: str | os.PathLike, map_location: str | torch.device = "cpu") -> PretrainedModel:
-    """Load whatever model a folder holds, by the `model_type` in its config.json."""
+def load_pretrained(name_or_path: str | os.PathLike, map_location: str | torch.device = "cpu", *,
+                    revision: str | None = None) -> PretrainedModel:
+    """Load whatever model a folder (or a Hugging Face hub id `org/name`) holds, by the
+    `model_type` in its config.json."""
+    directory = resolve_pretrained(name_or_path, revision)
     return model_class(read_config_file(directory)["model_type"]).from_pretrained(directory, map_location)

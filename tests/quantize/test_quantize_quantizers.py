@@ -204,3 +204,32 @@ def test_lc_loss_gradients_unchanged_and_frozen_codebook_value_consistent():
     torch.testing.assert_close(out.loss, 1.33 * (z_flat - zq).square().mean())
     out.loss.backward()
     torch.testing.assert_close(z.grad.permute(0, 2, 3, 1).reshape(-1, 4), 2 * (z_flat - zq).detach() / z_flat.numel())
+
+
+@pytest.mark.parametrize("kind", ["lc", "vq"])
+def test_output_unpacks_as_quantized_indices_loss(kind):
+    from vqgan_lc.quantize import QuantizerOutput
+
+    torch.manual_seed(0)
+    q = build_quantizer(_cfg(kind)).eval()
+    z = torch.randn(2, 4, 3, 5)
+    out = q(z)
+    quantized, indices, loss = out  # vector-quantize-pytorch's order; counts stays an attribute
+    assert quantized is out.quantized and indices is out.indices and loss is out.loss
+    assert len(out) == 3 and out[1] is out.indices and out[-1] is out.loss
+    assert [t.shape for t in out[:2]] == [(2, 4, 3, 5), (2, 3, 5)]
+    assert out.counts.shape == (50,) and int(out.counts.sum()) == 2 * 3 * 5
+    with pytest.raises(ValueError):
+        a, b, c, d = out  # four names do not unpack: counts is not in the tuple
+    # keyword and positional construction still work as before
+    again = QuantizerOutput(quantized=quantized, indices=indices, loss=loss, counts=out.counts)
+    assert tuple(again) == (quantized, indices, loss) and again.counts is out.counts
+
+
+def test_indices_to_latents_still_checks_the_range_eagerly():
+    q = build_quantizer(_cfg("lc")).eval()
+    with pytest.raises(ValueError, match=r"\[0, 50\)"):
+        q.indices_to_latents(torch.full((1, 2, 2), 50))
+    with pytest.raises(ValueError, match=r"\[0, 50\)"):
+        q.indices_to_latents(torch.full((1, 2, 2), -1))
+    assert q.indices_to_latents(torch.full((1, 2, 2), 49)).shape == (1, 4, 2, 2)

@@ -81,13 +81,14 @@ def test_tile_shape_fits_budget(budget_mb, m, n, d):
 
 def test_faiss_batches_stay_inside_budget(monkeypatch):
     calls = []
-    real = search.faiss.knn_L2sqr
+    faiss = search.load_faiss()  # the module the search itself will use (loaded on first use)
+    real = faiss.knn_L2sqr
 
     def recording(x, y, d, nx, ny, *rest):
         calls.append(nx)
         return real(x, y, d, nx, ny, *rest)
 
-    monkeypatch.setattr(search.faiss, "knn_L2sqr", recording)
+    monkeypatch.setattr(faiss, "knn_L2sqr", recording)
     z, codebook = torch.randn(3000, 8), torch.randn(4000, 8)
     nearest_codes(z, codebook, backend="faiss", memory_budget_mb=0.5)
     assert len(calls) > 1 and sum(calls) == 3000 and max(calls) - min(calls) <= 1
@@ -287,7 +288,7 @@ def test_cuda_torch_path_matches_cpu():
 
 # ---- exact ties between distinct entries ----------------------------------------------------
 
-TIE_BACKENDS = ["torch", "kdtree", "auto"] + (["faiss"] if search.faiss is not None else [])
+TIE_BACKENDS = ["torch", "kdtree", "auto"] + (["faiss"] if search.load_faiss() is not None else [])
 
 
 def _grid(d, values, generator=None):

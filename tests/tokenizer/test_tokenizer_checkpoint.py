@@ -21,7 +21,7 @@ def test_save_load_round_trip_identical(tmp_path, kind):
     torch.manual_seed(0)
     model = VQModel(tiny_config(kind)).eval()
     model.save_pretrained(tmp_path / "ckpt")
-    assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == ["config.json", "model.safetensors"]
+    assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == ["README.md", "config.json", "model.safetensors"]
     loaded = VQModel.from_pretrained(tmp_path / "ckpt")
     x = _images()
     with torch.no_grad():

@@ -6,7 +6,7 @@ from torch import nn
 
 from vqgan_lc.tokenizer.discriminator import PatchDiscriminator, adaptive_weight, hinge_d_loss, vanilla_d_loss
 from vqgan_lc.tokenizer.losses import LossConfig, TokenizerLoss
-from vqgan_lc.tokenizer.perceptual import PerceptualLoss
+from vqgan_lc.backbones.perceptual import PerceptualLoss
 
 
 # --- discriminator ---------------------------------------------------------------------------

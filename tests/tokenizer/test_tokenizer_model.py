@@ -80,3 +80,63 @@ def test_state_dict_layout_follows_reference_names():
                 "decoder.up.1.upsample.conv.weight", "decoder.conv_out.weight", "quant_conv.weight",
                 "post_quant_conv.weight", "quantizer.codebook", "quantizer.projector.weight"]:
         assert key in keys, key
+
+
+def test_outputs_unpack_in_documented_order():
+    from vqgan_lc.quantize import QuantizerOutput
+
+    torch.manual_seed(0)
+    model = VQModel(tiny_config()).eval()
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    with torch.no_grad():
+        enc = model.encode(x)
+        latents, quantized, indices = enc
+        assert latents is enc.latents and quantized is enc.quantized and indices is enc.indices
+        assert len(enc) == 3 and enc[2] is enc.indices
+        out = model(x)
+        reconstruction, latents2, quantizer_out = out
+        assert reconstruction is out.reconstruction and latents2 is out.latents
+        assert isinstance(quantizer_out, QuantizerOutput) and torch.equal(quantizer_out.indices, indices)
+        assert reconstruction.shape == x.shape and torch.equal(latents2, latents)
+        snapped_latents, snapped, snapped_indices = model.snap_latents(latents)
+        assert torch.equal(snapped_indices, indices) and torch.equal(snapped, quantized)
+
+
+def test_device_and_dtype_follow_to():
+    model = VQModel(tiny_config())
+    assert model.dtype == torch.float32 and model.device == torch.device("cpu")
+    model = model.to(torch.float64).eval()
+    assert model.dtype == torch.float64 and model.device.type == "cpu"
+    with torch.no_grad():
+        recon = model(torch.rand(1, 3, 32, 32, dtype=torch.float64) * 2 - 1).reconstruction
+    assert recon.dtype == torch.float64
+
+
+def test_torch_compile_matches_eager_without_graph_breaks_in_the_networks():
+    """The tiny preset compiled with the cheap "eager" backend (no code generation on CPU).
+
+    encode_latents, decode and decode_indices compile with fullgraph=True: no validation step
+    breaks their graphs (the index-range check is skipped while compiling). `encode` as a whole
+    cannot be one graph: the nearest-entry search runs scipy/faiss on the host and `bincount`
+    has a data-dependent size, so it compiles with breaks at the search and is compared too."""
+    torch.manual_seed(0)
+    config = get_preset("vqgan-lc-tiny").override(["quantizer.codebook_size=256"])
+    model = VQModel(config, torch.randn(256, config.quantizer.codebook_dim)).eval()
+    x = torch.rand(2, 3, 64, 64) * 2 - 1
+    torch._dynamo.reset()
+    try:
+        with torch.no_grad():
+            # decode_indices first, while the eval-mode projected codebook is not cached yet
+            indices = torch.randint(0, 256, (2, 8, 8), generator=torch.Generator().manual_seed(1))
+            compiled_decode_indices = torch.compile(model.decode_indices, backend="eager", fullgraph=True)
+            torch.testing.assert_close(compiled_decode_indices(indices), model.decode_indices(indices))
+            latents = torch.compile(model.encode_latents, backend="eager", fullgraph=True)(x)
+            torch.testing.assert_close(latents, model.encode_latents(x))
+            enc = torch.compile(model.encode, backend="eager")(x)
+            eager = model.encode(x)
+            assert torch.equal(enc.indices, eager.indices)
+            torch.testing.assert_close(enc.quantized, eager.quantized)
+            torch.testing.assert_close(torch.compile(model.decode, backend="eager", fullgraph=True)(enc.quantized),
+                                       model.decode(eager.quantized))
+    finally:
+        torch._dynamo.reset()

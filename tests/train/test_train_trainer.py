@@ -176,3 +176,49 @@ def test_two_process_gloo_ddp_keeps_ranks_identical(tmp_path):
         assert torch.equal(r0["state"][key], r1["state"][key]), key
     assert r0["usage"] == r1["usage"]  # all-reduced utilization is the same on both ranks
     assert (tmp_path / "ddp" / "tokenizer" / "model.safetensors").is_file()
+
+
+def test_a_batch_with_no_readable_image_skips_its_step(tmp_path):
+    """8 files, 1 readable, batches of 4: every epoch has one batch with nothing to train on.
+    That step is skipped and counted; the run goes on and trains on the other batch."""
+    import numpy as np
+    from PIL import Image
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 36, 3), dtype=np.uint8)).save(folder / "ok.png")
+    for i in range(7):
+        (folder / f"broken{i}.png").write_bytes(b"\x89PNG not really")
+    result = train(tiny_config(tmp_path / "run", data=str(folder), max_steps=4, batch_size=4, num_workers=0,
+                               save_every=4), progress=False)
+    assert result.step == 4 and result.skipped_steps == 2
+    trained = [h["step"] for h in result.history if "total" in h]
+    assert len(trained) == 2 and len(result.history) == 4
+    assert (tmp_path / "run" / "tokenizer" / "model.safetensors").is_file()
+    assert len((tmp_path / "run" / "skipped_rank0.txt").read_text().splitlines()) == 14  # 7 files x 2 epochs
+
+
+def test_a_run_with_no_readable_image_fails_instead_of_training_nothing(tmp_path):
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for i in range(8):
+        (folder / f"broken{i}.png").write_bytes(b"\x89PNG not really")
+    with pytest.raises(ValueError, match="no item of epoch 0 could be read"):
+        train(tiny_config(tmp_path / "run", data=str(folder), max_steps=6, batch_size=4, num_workers=0),
+              progress=False)
+    with pytest.raises(ValueError, match="no step of this run had a readable item"):  # shorter than an epoch
+        train(tiny_config(tmp_path / "run2", data=str(folder), max_steps=1, batch_size=4, num_workers=0),
+              progress=False)
+
+
+def test_a_short_run_logs_its_first_and_last_step_with_the_default_log_every(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from vqgan_lc.train.config import TrainConfig
+
+    assert TrainConfig().log_every > 5  # the default would log nothing in 5 steps without this rule
+    train(tiny_config(tmp_path / "run", max_steps=5, log_every=TrainConfig().log_every, num_workers=0,
+                      save_every=5, image_every=5, usage_every=5), progress=False)
+    events = EventAccumulator(str(tmp_path / "run" / "tensorboard"))
+    events.Reload()
+    assert [e.step for e in events.Scalars("train/total")] == [1, 5]

@@ -12,10 +12,12 @@ CLS token dropped, laid out as a (B, C, g, g) map. At 224 px:
 Inputs in [-1, 1] are mapped to [0, 1] and normalised with CLIP's mean/std; other sizes
 are resized to 224 px (the position embeddings are fixed).
 
-Weights are never downloaded. They come from (first match wins) the `weights` argument
-(`--backbone-weights`), the environment variable named in `CLIP_VIT_SPECS` (a Hugging Face
-model folder, or a .safetensors/.bin/.pt state dict of `CLIPVisionModelWithProjection` or
-`CLIPModel`), or an already-populated Hugging Face cache of the official model id.
+Weights come from (first match wins) the `weights` argument (`--backbone-weights`), the
+environment variable named in `CLIP_VIT_SPECS` (a Hugging Face model folder, or a
+.safetensors/.bin/.pt state dict of `CLIPVisionModelWithProjection` or `CLIPModel`), both
+resolved by `vqgan_lc.files.require_weights`, or the Hugging Face cache of the official model
+id. The hub is asked only when downloads are enabled (`--download`, VQGAN_LC_DOWNLOAD=1);
+otherwise `from_pretrained` runs with `local_files_only=True`.
 `transformers` is an optional extra: `pip install vqgan-lc[clip]`.
 """
 from __future__ import annotations
@@ -27,6 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from vqgan_lc.backbones.registry import FeatureBackbone
+from vqgan_lc.files import downloads_enabled, require_weights
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -124,40 +127,46 @@ def _check_layout(model, name: str, source: str) -> None:
         raise RuntimeError(f"{source} holds a different CLIP ViT (width, patch, projection, size) = {got}, {name} needs {want}")
 
 
-def _load_pretrained(name: str, weights: str | None):
+def _load_pretrained(name: str, weights: str | None, download: bool | None = None):
     spec = CLIP_VIT_SPECS[name]
     tf = _transformers()
-    source = weights or os.environ.get(spec.env)
-    if source:
+    if weights or os.environ.get(spec.env):
+        # a folder (Hugging Face layout) or a state-dict file; a missing one is an error, never a fallback
+        source = str(require_weights(None, f"{name} weights", path=weights, env=spec.env, folders=True))
         if os.path.isdir(source):
             model = tf.CLIPVisionModelWithProjection.from_pretrained(source, local_files_only=True)
-        elif os.path.isfile(source):
+        else:
             model = tf.CLIPVisionModelWithProjection(clip_vision_config(name))
             _load_state_file(model, source, name)
-        else:
-            raise RuntimeError(f"{name} weights not found at {source}")
         _check_layout(model, name, source)
         return model
-    try:  # an already-populated Hugging Face cache; never reaches the network
-        model = tf.CLIPVisionModelWithProjection.from_pretrained(spec.hf_id, local_files_only=True)
-    except (OSError, ValueError):
+    online = downloads_enabled(download)
+    try:  # the Hugging Face cache; the hub itself only when downloads are enabled
+        model = tf.CLIPVisionModelWithProjection.from_pretrained(spec.hf_id, local_files_only=not online)
+    except (OSError, ValueError) as err:
+        if online:
+            raise RuntimeError(f"{name}: could not fetch {spec.hf_id} from the Hugging Face hub "
+                               f"({' '.join(str(err).split())[:200]}); pass --backbone-weights PATH instead") from None
         raise RuntimeError(
             f"{name} weights not found: pass --backbone-weights PATH (a Hugging Face {spec.hf_id} folder or a "
-            f".safetensors/.bin state dict), set ${spec.env}, or populate the Hugging Face cache with {spec.hf_id}"
+            f".safetensors/.bin state dict), set ${spec.env}, populate the Hugging Face cache with {spec.hf_id}, "
+            "or run with --download (or VQGAN_LC_DOWNLOAD=1)"
         ) from None
     _check_layout(model, name, spec.hf_id)
     return model
 
 
-def build_clip_vit(name: str, weights: str | None = None, *, pretrained: bool = True, **config_overrides) -> ClipVitBackbone:
+def build_clip_vit(name: str, weights: str | None = None, *, pretrained: bool = True, download: bool | None = None,
+                   **config_overrides) -> ClipVitBackbone:
     """A CLIP ViT feature backbone; with `pretrained=False` a random model of the same layout
-    (`config_overrides`, e.g. `num_hidden_layers=1`, shrink it for fast shape tests)."""
+    (`config_overrides`, e.g. `num_hidden_layers=1`, shrink it for fast shape tests).
+    `download`: may the Hugging Face hub be asked (default: $VQGAN_LC_DOWNLOAD)."""
     if name not in CLIP_VIT_SPECS:
         raise ValueError(f"unknown CLIP ViT {name!r}; choose from {sorted(CLIP_VIT_SPECS)}")
     if pretrained:
         if config_overrides:
             raise ValueError(f"{name}: config overrides {sorted(config_overrides)} only apply with pretrained=False")
-        model = _load_pretrained(name, weights)
+        model = _load_pretrained(name, weights, download)
     else:
         model = _transformers().CLIPVisionModelWithProjection(clip_vision_config(name, **config_overrides))
     return ClipVitBackbone(name, model.eval())

@@ -11,11 +11,11 @@ channels, stride 32, a 7x7 grid at 224 px) or `layer3` (1024 channels, a 14x14 g
 Pooling 7x7 to 4x4 uses adaptive average pooling (overlapping bins).
 
 Weights: OpenAI's `RN50.pt` (a TorchScript archive) or an open_clip / plain state dict,
-given as `weights` (`--backbone-weights FILE`) or through $VQGAN_LC_CLIP_RN50.
+given as `weights` (`--backbone-weights FILE`) or through $VQGAN_LC_CLIP_RN50, resolved by
+`vqgan_lc.files.require_weights` like every other weight file.
 """
 from __future__ import annotations
 
-import os
 from collections import OrderedDict
 
 import torch
@@ -23,6 +23,7 @@ from torch import nn
 
 from vqgan_lc.backbones.clip import to_clip_pixels
 from vqgan_lc.backbones.registry import FeatureBackbone
+from vqgan_lc.files import require_weights
 
 RN50_ENV = "VQGAN_LC_CLIP_RN50"
 RN50_LAYERS = (3, 4, 6, 3)
@@ -120,8 +121,7 @@ def _read_state(path: str) -> dict[str, torch.Tensor]:
 
 
 def load_clip_rn50_weights(model: ModifiedResNet, path: str) -> None:
-    if not os.path.isfile(path):
-        raise RuntimeError(f"clip-rn50 weights not found at {path}")
+    path = str(require_weights(None, "clip-rn50 weights", path=path))
     try:
         missing, unexpected = model.load_state_dict(_read_state(path), strict=False)
     except RuntimeError as err:  # shape mismatches: report the first one on one line
@@ -136,11 +136,8 @@ def build_clip_rn50(weights: str | None = None, *, pretrained: bool = True, laye
                     input_size: int = 224) -> ClipResNetBackbone:
     model = ModifiedResNet()
     if pretrained:
-        path = weights or os.environ.get(RN50_ENV)
-        if not path:
-            raise RuntimeError(
-                f"clip-rn50 weights not found: pass --backbone-weights FILE (OpenAI's RN50.pt or an "
-                f"open_clip RN50 state dict) or set ${RN50_ENV}"
-            )
-        load_clip_rn50_weights(model, path)
+        # no standard file name or download for RN50: only the path or the environment variable
+        path = require_weights(None, "clip-rn50 weights", path=weights, env=RN50_ENV, hub_cache=False, option=None,
+                               place="pass --backbone-weights FILE (OpenAI's RN50.pt or an open_clip RN50 state dict)")
+        load_clip_rn50_weights(model, str(path))
     return ClipResNetBackbone(model.eval(), layer, input_size)

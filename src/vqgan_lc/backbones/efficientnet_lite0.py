@@ -11,6 +11,7 @@ the padding the weights were trained with.
 from __future__ import annotations
 
 import math
+import os
 from importlib import resources
 
 import torch
@@ -136,8 +137,16 @@ def weights_path() -> str:
 def load_efficientnet_lite0(path: str | None = None) -> EfficientNetLite0:
     """The pretrained network in eval mode with frozen parameters."""
     model = EfficientNetLite0()
-    state = torch.load(path or weights_path(), map_location="cpu", weights_only=True)
-    model.load_state_dict(state, strict=True)
+    source = path or weights_path()
+    if not os.path.isfile(source):
+        raise FileNotFoundError(f"EfficientNet-Lite0 weights not found at {source}")
+    try:
+        state = torch.load(source, map_location="cpu", weights_only=True)
+        model.load_state_dict(state, strict=True)
+    except Exception as err:  # torch.load raises many types, in long texts, for a foreign file: name the file
+        first = (str(err).strip().splitlines() or [""])[0]
+        detail = first if 0 < len(first) <= 120 else type(err).__name__
+        raise ValueError(f"{source} is not an EfficientNet-Lite0 state dict ({detail})") from None
     model.eval().requires_grad_(False)
     return model
 

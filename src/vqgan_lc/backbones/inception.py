@@ -6,8 +6,8 @@ the last block max-pools instead of average-pooling its pool branch, and the cla
 has 1008 outputs. The module names match pytorch-fid's state dict key for key, so
 `pt_inception-2015-12-05-6726825d.pth` loads strictly.
 
-Weights are looked up locally (path argument, $VQGAN_LC_INCEPTION, torch hub cache); this
-project never downloads them.
+Weights are looked up like every other weight file (`vqgan_lc.files.require_weights`: path
+argument, $VQGAN_LC_INCEPTION, torch hub cache) and downloaded only with `--download`.
 """
 from __future__ import annotations
 
@@ -17,6 +17,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from vqgan_lc.files import find_weights, require_weights, torch_hub_checkpoints
 
 INCEPTION_FILENAME = "pt_inception-2015-12-05-6726825d.pth"
 INCEPTION_ENV = "VQGAN_LC_INCEPTION"
@@ -168,30 +170,26 @@ class FIDInceptionV3(nn.Module):
 
 
 def inception_weights_path(path: str | os.PathLike | None = None) -> Path | None:
-    """`path` if given (None when absent), else the first existing of $VQGAN_LC_INCEPTION and the torch hub cache."""
-    if path:  # an explicit path is the only place looked at
-        return Path(path) if Path(path).is_file() else None
-    for candidate in (os.environ.get(INCEPTION_ENV), Path(torch.hub.get_dir()) / "checkpoints" / INCEPTION_FILENAME):
-        if candidate and Path(candidate).is_file():
-            return Path(candidate)
-    return None
+    """`path` if given (None when absent), else $VQGAN_LC_INCEPTION when set, else torch hub's cache."""
+    return find_weights(INCEPTION_FILENAME, path=path, env=INCEPTION_ENV)
 
 
-def available(path: str | os.PathLike | None = None) -> bool:
-    """True when the FID Inception weights are on disk."""
-    return inception_weights_path(path) is not None
+def available(path: str | os.PathLike | None = None, *, download: bool | None = None) -> bool:
+    """True when the FID Inception weights are on disk, or will be fetched on first use because
+    downloads are enabled (so `fid="auto"` computes FID after `--download`)."""
+    from vqgan_lc.files import downloads_enabled
+
+    if inception_weights_path(path) is not None:
+        return True
+    explicit = path or os.environ.get(INCEPTION_ENV)
+    return not explicit and downloads_enabled(download)
 
 
-def load_fid_inception(path: str | os.PathLike | None = None) -> FIDInceptionV3:
-    """The FID Inception (eval, frozen) from pytorch-fid's local weight file."""
-    file = inception_weights_path(path)
-    if file is None and path:
-        raise RuntimeError(f"FID Inception weights not found at {path}")
-    if file is None:
-        raise RuntimeError(
-            f"FID Inception weights not found: put pytorch-fid's {INCEPTION_FILENAME} in "
-            f"{Path(torch.hub.get_dir()) / 'checkpoints'}, set ${INCEPTION_ENV}, or pass its path"
-        )
+def load_fid_inception(path: str | os.PathLike | None = None, *, download: bool | None = None) -> FIDInceptionV3:
+    """The FID Inception (eval, frozen) from pytorch-fid's weight file."""
+    file = require_weights(INCEPTION_FILENAME, "FID Inception weights", path=path, env=INCEPTION_ENV,
+                           option="its path", place=f"put pytorch-fid's {INCEPTION_FILENAME} in {torch_hub_checkpoints()}",
+                           download=download)
     state = torch.load(file, map_location="cpu", weights_only=True)
     with torch.device("meta"):  # skip a random init that the checkpoint overwrites
         model = FIDInceptionV3()

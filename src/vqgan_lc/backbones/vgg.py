@@ -6,8 +6,9 @@ key for key (`features.0.weight` ... `features.28.bias`); its classifier keys ar
 LPIPS reads the five ReLU outputs that end each resolution: relu1_2, relu2_2, relu3_3,
 relu4_3, relu5_3 (64, 128, 256, 512, 512 channels).
 
-torchvision cannot be imported beside the CPU torch wheel this project targets, and the
-weights cannot be downloaded offline, so the file is looked up locally (see `vgg16_weights_path`).
+torchvision cannot be imported beside the CPU torch wheel this project targets, so the file
+is looked up like every other weight file (`vqgan_lc.files.require_weights`: an explicit
+path, $VQGAN_LC_VGG16, torch.hub's checkpoint cache) and fetched only with `--download`.
 """
 from __future__ import annotations
 
@@ -16,6 +17,8 @@ from pathlib import Path
 
 import torch
 from torch import nn
+
+from vqgan_lc.files import require_weights, torch_hub_checkpoints
 
 VGG16_FILENAME = "vgg16-397923af.pth"
 VGG16_ENV = "VQGAN_LC_VGG16"
@@ -55,19 +58,12 @@ class VGG16Features(nn.Module):
         return self.features(x)
 
 
-def vgg16_weights_path(path: str | os.PathLike | None = None) -> Path:
-    """`path` if given, else the first existing file among $VQGAN_LC_VGG16 and the torch hub checkpoint cache."""
-    if path:  # an explicit path is the only place looked at
-        if not Path(path).is_file():
-            raise RuntimeError(f"VGG16 weights not found at {path}")
-        return Path(path)
-    for candidate in (os.environ.get(VGG16_ENV), Path(torch.hub.get_dir()) / "checkpoints" / VGG16_FILENAME):
-        if candidate and Path(candidate).is_file():
-            return Path(candidate)
-    raise RuntimeError(
-        f"VGG16 weights not found: put torchvision's {VGG16_FILENAME} in "
-        f"{Path(torch.hub.get_dir()) / 'checkpoints'}, set ${VGG16_ENV}, or pass vgg_weights=PATH"
-    )
+def vgg16_weights_path(path: str | os.PathLike | None = None, *, download: bool | None = None) -> Path:
+    """torchvision's VGG16 file: `path` if given, else $VQGAN_LC_VGG16, else torch.hub's cache
+    (downloaded there when downloads are enabled); one-line WeightsNotFoundError otherwise."""
+    return require_weights(VGG16_FILENAME, "VGG16 weights", path=path, env=VGG16_ENV, option="vgg_weights=PATH",
+                           place=f"put torchvision's {VGG16_FILENAME} in {torch_hub_checkpoints()}",
+                           download=download)
 
 
 def load_vgg16_features(path: str | os.PathLike | None = None) -> VGG16Features:

@@ -15,7 +15,7 @@ def register(sub) -> None:
     cb = parser.add_subparsers(dest="codebook_command", required=True, metavar="SUBCOMMAND")
 
     p = cb.add_parser("build", help="extract features of DATA (cached) and cluster them into a codebook file",
-                      parents=[common.parent(common.device)])
+                      parents=[common.parent(common.device, common.download)])
     p.add_argument("data", help="image folder (class sub-folders -> labels; flat -> unlabelled) or a .txt file list")
     p.add_argument("--size", type=common.positive_int, required=True, help="number of codebook entries N")
     p.add_argument("--out", required=True, help="codebook file to write (.safetensors)")

@@ -4,6 +4,14 @@ from __future__ import annotations
 import argparse
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """An argument error is one line naming the command and the fix, like every other error
+    (argparse's default prints the whole usage block first); exit status 2 as before."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def add_parser(sub, name: str, parser_class: type[argparse.ArgumentParser], **kwargs) -> argparse.ArgumentParser:
     """`sub.add_parser` with a parser subclass (argparse takes the class only per subparsers action)."""
     default, sub._parser_class = sub._parser_class, parser_class
@@ -41,6 +49,27 @@ def overrides(p: argparse.ArgumentParser) -> None:
                    help="override config fields, e.g. max_steps=20 lr=1e-4 loss.disc_start=1000")
 
 
+class _EnableDownloads(argparse.Action):
+    """`--download` sets VQGAN_LC_DOWNLOAD=1 as soon as it is parsed: every weight lookup in this
+    process (and in processes it starts) then sees it, without a flag threaded through the calls."""
+
+    def __init__(self, option_strings, dest, **kwargs):
+        super().__init__(option_strings, dest, nargs=0, default=False, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        import os
+
+        from ..files import DOWNLOAD_ENV
+        os.environ[DOWNLOAD_ENV] = "1"
+        setattr(namespace, self.dest, True)
+
+
+def download(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--download", action=_EnableDownloads,
+                   help="fetch missing pretrained weights (VGG16 + LPIPS, FID Inception, CLIP) into the usual caches, "
+                        "hash-checked; same as VQGAN_LC_DOWNLOAD=1 (default: offline, local files only)")
+
+
 def positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -67,6 +96,37 @@ def print_config_keys(config_class, title: str) -> str:
 # Fields a resumed run may change without changing what it computes.
 RESUME_SAFE_FIELDS = ("max_steps", "epochs", "save_every", "log_every", "image_every", "usage_every", "num_workers",
                       "device", "out_dir")
+
+
+def refuse_other_family(run: str, generator: bool) -> None:
+    """`train --resume` of a generator run (or the reverse): one line naming the right command,
+    instead of the other config class's list of unknown fields."""
+    import json
+    import os
+
+    try:
+        with open(os.path.join(run, "train_config.json"), encoding="utf-8") as f:
+            saved = json.load(f)
+    except (OSError, ValueError):
+        return  # missing or unreadable: the run reader says so in its own words
+    if isinstance(saved, dict) and ("generator" in saved) != generator:
+        kind, command = ("tokenizer", "train") if generator else ("generator", "train-gen")
+        raise ValueError(f"{run} is a {kind} run; continue it with `vqgan-lc {command} --resume {run}`")
+
+
+def training_summary(result, name: str, config) -> str:
+    """The last line of `train` / `train-gen`: what this call trained, or that it trained nothing
+    (a resumed run already at its last step), never "saved" when nothing was written."""
+    ran = len(result.history)  # steps this call ran, skipped ones included
+    if ran == 0:
+        limit = f"max_steps={config.max_steps}" if config.max_steps else f"epochs={config.epochs}"
+        return (f"nothing trained: the run in {result.out_dir} is already at step {result.step}, its last "
+                f"({limit}); {result.out_dir / name} is unchanged; resume with --set max_steps=N "
+                f"(N > {result.step}) to train further")
+    skipped = getattr(result, "skipped_steps", 0)
+    note = f", {skipped} of them skipped (no readable image)" if skipped else ""
+    steps = "1 step" if ran == 1 else f"{ran} steps"
+    return f"trained to step {result.step} ({steps} in this run{note}); {name} saved in {result.out_dir / name}"
 
 
 def resumed_config(saved, run: str, overrides: list[str], requested=None):

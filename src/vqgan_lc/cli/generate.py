@@ -1,6 +1,6 @@
 """Generator commands: cache, train-gen, sample, eval-gen.
 
-    vqgan-lc cache tokens|latents TOKENIZER --data DIR --out CACHE [--flip]
+    vqgan-lc cache tokens|latents TOKENIZER --data DIR --out CACHE [--flip] [--write-scale]
     vqgan-lc train-gen gpt-tiny|dit-tiny|sit-tiny|ldm-tiny --cache CACHE --out RUN [--set key=value ...]
     vqgan-lc sample RUN --classes 0,1,2 --per-class 8 --cfg-scale 2 --out DIR
     vqgan-lc eval-gen SAMPLES --reference DIR --out OUT
@@ -12,7 +12,7 @@ import argparse
 from . import common
 
 
-class _TrainGenParser(argparse.ArgumentParser):
+class _TrainGenParser(common.OneLineParser):
     """`train-gen --help` also lists the `--set` keys of the training config."""
 
     def format_help(self) -> str:
@@ -37,6 +37,8 @@ def register(sub) -> None:
     p.add_argument("--data", required=True, help="image folder (class sub-folders -> labels), .txt list, or 'demo'")
     p.add_argument("--out", required=True, help="cache folder (resumable; under torchrun each rank encodes a slice)")
     p.add_argument("--flip", action="store_true", help="also store each image's horizontal mirror")
+    p.add_argument("--write-scale", action="store_true", help="latents: write the measured 1/std into the "
+                   "tokenizer's config.json as latent_scale, which train-gen then uses by default (the paper: unscaled)")
     p.add_argument("--batch-size", type=common.positive_int, default=32)
     p.add_argument("--workers", type=int, default=2, help="image-decoding processes")
     p.set_defaults(func=cache)
@@ -68,7 +70,7 @@ def register(sub) -> None:
     p.set_defaults(func=sample)
 
     p = sub.add_parser("eval-gen", help="score samples: FD-lite0 (and FID) against real images, class consistency, "
-                       "utilization", parents=[common.parent(common.device)])
+                       "utilization", parents=[common.parent(common.device, common.download)])
     p.add_argument("samples", help="folder written by `vqgan-lc sample` (<class>/<NNNN>.png)")
     p.add_argument("--reference", required=True, help="real images in class sub-folders (the training images)")
     p.add_argument("--out", required=True)
@@ -82,10 +84,14 @@ def cache(args) -> int:
     from ..generate.cache import CacheConfig, build_cache
     config = CacheConfig(tokenizer=args.tokenizer, data=args.data, out=args.out, kind=args.kind, flip=args.flip,
                          image_size=args.image_size, batch_size=args.batch_size, workers=args.workers,
-                         device=args.device)
+                         device=args.device, write_scale=args.write_scale)
     store = build_cache(config)
     if store is not None:
         print(f"{store.num_items} images encoded into {args.kind} of shape {store.item_shape(args.kind)} -> {args.out}")
+        if args.write_scale:
+            from ..tokenizer.model import VQModel
+            print(f"latent_scale {VQModel.read_config(args.tokenizer).latent_scale:.6g} written to "
+                  f"{args.tokenizer}/config.json")
     return 0
 
 
@@ -93,6 +99,7 @@ def train_gen(args) -> int:
     from ..generate.training import generator_config, read_generator_run, train_generator
 
     if args.resume:
+        common.refuse_other_family(args.resume, generator=True)
         saved = read_generator_run(args.resume)
         if (args.preset and args.preset != saved.generator) or (args.cache and args.cache != saved.data):
             raise ValueError(f"--resume {args.resume} keeps the run's saved preset and cache; drop the preset and --cache")
@@ -104,7 +111,7 @@ def train_gen(args) -> int:
     common.writable_out(config.out_dir, "run folder")
     result = train_generator(config, resume=args.resume)
     if result.is_main:
-        print(f"trained {result.step} steps; generator saved in {result.out_dir / 'generator'}")
+        print(common.training_summary(result, "generator", config))
     return 0
 
 

@@ -1,11 +1,9 @@
 """Tokenizer commands: train, eval, reconstruct, encode, decode, export, presets."""
 from __future__ import annotations
 
-import argparse
-
 from . import common
 
-class _TrainParser(argparse.ArgumentParser):
+class _TrainParser(common.OneLineParser):
     """`train --help` also lists every `--set` key with its type and default."""
 
     def format_help(self) -> str:
@@ -17,7 +15,7 @@ class _TrainParser(argparse.ArgumentParser):
 
 def register(sub) -> None:
     p = common.add_parser(sub, "train", _TrainParser, help="train a tokenizer (under torchrun for several processes)",
-                          parents=[common.parent(common.overrides)])
+                          parents=[common.parent(common.overrides, common.download)])
     p.add_argument("recipe", nargs="?", help="a recipe name (see `vqgan-lc presets`) or a training config .json; "
                    "optional with --resume")
     p.add_argument("--data", help="image folder, .txt list, or 'demo'")
@@ -27,7 +25,8 @@ def register(sub) -> None:
     p.set_defaults(func=train)
 
     p = sub.add_parser("eval", help="evaluate a tokenizer: utilization, PSNR, SSIM, perceptual, FD-lite0, rFID",
-                       parents=[common.parent(common.checkpoint, common.out, common.image_size, common.device)])
+                       parents=[common.parent(common.checkpoint, common.out, common.image_size, common.device,
+                                              common.download)])
     p.add_argument("--data", required=True, help="image folder, .txt list, or 'demo:eval'")
     p.add_argument("--batch-size", type=common.positive_int, default=16)
     p.add_argument("--max-images", type=common.positive_int, help="per process")
@@ -67,6 +66,7 @@ def _resolve_train_config(args):
         return requested.override(args.set).validate()
     if args.out and args.out != args.resume:
         raise ValueError(f"--resume {args.resume} continues in that folder; drop --out {args.out}")
+    common.refuse_other_family(args.resume, generator=False)
     saved = read_train_config(args.resume)
     if requested is None and args.data:
         requested = type(saved).from_dict(saved.to_dict())
@@ -82,7 +82,7 @@ def train(args) -> int:
     common.writable_out(config.out_dir, "run folder")
     result = train_tokenizer(config, resume=args.resume)
     if result.is_main:
-        print(f"trained {result.step} steps; tokenizer saved in {result.out_dir / 'tokenizer'}")
+        print(common.training_summary(result, "tokenizer", config))
     return 0
 
 

@@ -87,22 +87,14 @@ def check_codebook(vectors: torch.Tensor, source: str) -> None:
 
 
 def save_codebook(path: str | os.PathLike, vectors: torch.Tensor | np.ndarray, metadata: dict) -> None:
-    """Write atomically (temporary file + os.replace), so a crash never leaves half a codebook."""
-    from safetensors.torch import save_file
+    """Write atomically (files.atomic_save_safetensors), so a crash never leaves half a codebook."""
+    from ..files import atomic_save_safetensors
 
     tensor = torch.as_tensor(vectors).detach().to("cpu", torch.float32).contiguous()
     check_codebook(tensor, "save_codebook")
     meta = {"format_version": FORMAT_VERSION, **metadata, "size": tensor.shape[0], "dim": tensor.shape[1]}
     encoded = {str(k): json.dumps(v) for k, v in meta.items()}
-    path = os.fspath(path)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    try:
-        save_file({CODEBOOK_KEY: tensor}, tmp, metadata=encoded)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    atomic_save_safetensors({CODEBOOK_KEY: tensor}, path, metadata=encoded)
 
 
 def _decode(value: str):

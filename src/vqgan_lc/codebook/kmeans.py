@@ -34,7 +34,18 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from vqgan_lc._faiss import faiss
+from vqgan_lc._faiss import require_faiss
+
+
+class _FaissOnFirstUse:
+    """Stands for the faiss module and imports it on the first attribute read, so importing
+    this module (and the package around it) does not load faiss before k-means runs."""
+
+    def __getattr__(self, name: str):
+        return getattr(require_faiss("k-means"), name)
+
+
+faiss = _FaissOnFirstUse()
 
 AUTO_IVF_MIN_K = 4096
 IVF_NPROBE = 8
@@ -42,9 +53,9 @@ ASSIGN_CHUNK = 65_536  # vectors per streamed assignment block: 65,536 x 4 KB at
 ASSIGN_MODES = ("auto", "exact", "ivf")
 SMALL_PROBLEM = 1 << 22  # vectors x centroids below which one thread is faster
 # k-means++ costs k sequential passes over the data: fine for small k, hours at 100,000.
-INIT_METHODS = {
-    "random": faiss.ClusteringInitMethod_RANDOM,
-    "k-means++": faiss.ClusteringInitMethod_KMEANS_PLUS_PLUS,
+INIT_METHODS = {  # name -> faiss constant, read when k-means runs
+    "random": "ClusteringInitMethod_RANDOM",
+    "k-means++": "ClusteringInitMethod_KMEANS_PLUS_PLUS",
 }
 
 
@@ -191,7 +202,7 @@ def kmeans(
     if init not in INIT_METHODS:
         raise ValueError(f"kmeans: unknown init {init!r}; choose from {', '.join(INIT_METHODS)}")
     params = faiss.ClusteringParameters()
-    params.init_method = INIT_METHODS[init]
+    params.init_method = getattr(faiss, INIT_METHODS[init])
     params.niter = iters
     if hasattr(params, "early_stop_threshold"):
         params.early_stop_threshold = -1.0  # run exactly `iters` iterations (faiss stops at a plateau)

@@ -162,6 +162,11 @@ class CacheStore:
     def open(cls, folder: str):
         path = os.path.join(folder, MANIFEST)
         if not os.path.isfile(path):
+            if not os.path.isdir(folder):
+                raise FileNotFoundError(f"cache folder {folder} does not exist")
+            if read_header(folder) is None:  # no job ever wrote here: not a cache, not an unfinished one
+                raise FileNotFoundError(f"{folder} is not a cache folder (no {MANIFEST}); write one first, e.g. with "
+                                        "`vqgan-lc cache tokens|latents`")
             raise FileNotFoundError(f"{folder}: no {MANIFEST}; the job writing it did not finish (run it again to resume)")
         with open(path, encoding="utf-8") as f:
             store = cls(folder, json.load(f))
@@ -216,6 +221,10 @@ class CacheStore:
         return self._rows[key, flatten]
 
     def _layout(self, key: str) -> dict:
+        if not self.manifest["arrays"]:  # the job ran, but every image was unreadable
+            raise ValueError(f"{self.folder} holds no items: none of its {self.manifest.get('num_skipped', 0)} images "
+                             f"could be read (listed in {os.path.join(self.folder, SKIPPED)}); fix the images, delete "
+                             "the folder and rerun")
         if key not in self.manifest["arrays"]:
             raise ValueError(f"{self.folder} holds no array {key!r}; ask for one of {self.keys or 'none (no image was readable)'}")
         return self.manifest["arrays"][key]

@@ -48,7 +48,8 @@ def _package_file(package: str, relative: str) -> str:
     # alone takes over a second, far more than decoding every photo.
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
-        raise RuntimeError(f"demo photos need the '{package}' package installed")
+        raise RuntimeError(f"demo photos ship inside the '{package}' package, which is not installed: "
+                           "pip install 'vqgan-lc[demo]'")
     path = os.path.join(list(spec.submodule_search_locations)[0], *relative.split("/"))
     if not os.path.isfile(path):
         raise RuntimeError(f"demo photo missing from the installed '{package}': {path}")

@@ -22,7 +22,7 @@ from vqgan_lc.evaluate.frechet import InceptionFeatures, Lite0Features, RunningM
 from vqgan_lc.evaluate.grid import save_comparison_grid
 from vqgan_lc.evaluate.metrics import psnr, psnr_y, ssim
 from vqgan_lc.quantize.usage import UsageAccumulator
-from vqgan_lc.tokenizer.perceptual import PERCEPTUAL_NAMES, build_perceptual, lpips_vgg_available
+from vqgan_lc.backbones.perceptual import PERCEPTUAL_NAMES, build_perceptual, lpips_vgg_available
 
 PERCEPTUAL_CHOICES = ("auto", *PERCEPTUAL_NAMES)
 FID_CHOICES = ("auto", "inception", "off")  # FD-lite0 is always computed
@@ -154,7 +154,8 @@ def evaluate_tokenizer(model, loader, config: EvalConfig, *, device="cpu", grid_
         m.all_reduce()
     num_images = int(sums[0].item())
     if num_images < 2:
-        raise RuntimeError(f"evaluate_tokenizer: need at least 2 images, the loader gave {num_images}")
+        raise RuntimeError(f"evaluate_tokenizer: need at least 2 readable images, the loader gave {num_images} "
+                           f"({int(sums[5].item())} unreadable skipped)")
     means = (sums[1:5] / num_images).tolist()
     stats = usage.stats()
     report = {

@@ -4,6 +4,8 @@
 (what GPT trains on); `cache latents` stores the quant_conv output (D', h, w), the continuous
 latents LDM/DiT/SiT model, unscaled (the paper's choice) — per-channel statistics measured on
 the cache are stored beside it (`latent_stats.json`) for a generator that wants a scale.
+`--write-scale` also writes the measured 1/std into the tokenizer's config (`latent_scale`),
+from where `train-gen` takes it as its default `latent_scale` for caches of that tokenizer.
 `--flip` also stores each image's horizontal mirror, and training picks one of the two per
 item and epoch (seeded, so a resumed run sees the same choice).
 
@@ -12,6 +14,7 @@ resumable, sliced over `torchrun` ranks, memory-bounded.
 """
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,12 +44,15 @@ class CacheConfig(Config):
     shard_mb: float = 256
     device: str = "auto"
     progress: bool = True
+    write_scale: bool = False       # latents: store the measured scale in the tokenizer's config.json
 
     def check(self) -> None:
         if not (self.tokenizer and self.data and self.out):
             raise ValueError("a cache needs the tokenizer folder, --data and --out")
         if self.kind not in KINDS:
             raise ValueError(f"cache kind must be one of {KINDS}, got {self.kind!r}")
+        if self.write_scale and self.kind != "latents":
+            raise ValueError("--write-scale measures latents; use it with `vqgan-lc cache latents`")
         if self.batch_size < 1 or self.workers < 0 or self.shard_mb <= 0:
             raise ValueError("batch_size >= 1, workers >= 0 and shard_mb > 0 are needed")
         if self.image_size is not None and self.image_size < 8:
@@ -84,13 +90,73 @@ def build_cache(config: CacheConfig) -> CacheStore | None:
     header = {"kind": config.kind, "tokenizer": os.path.abspath(config.tokenizer), "data": str(config.data),
               "image_size": size, "grid": list(grid), "flip": config.flip,
               "codebook_size": model.num_codes, "latent_dim": model.quantizer.dim,
-              "tokenizer_config": model.config.to_dict()}
+              "tokenizer_config": _encoding_config(model.config.to_dict())}
     store = write_cache(dataset, encode, config.out, header=header, batch_size=config.batch_size,
                         num_workers=config.workers, shard_mb=config.shard_mb, progress=config.progress)
     if store is not None and config.kind == "latents" and env.is_main:
         atomic_write_json(Path(config.out) / STATS_NAME, latent_stats(store))
+        if config.write_scale:
+            measure_latent_scale(config.out, config.tokenizer)
     distributed.barrier()
     return store
+
+
+def _encoding_config(tokenizer_config: dict) -> dict:
+    """The tokenizer config without its latent statistics: they are measured from caches, do
+    not change what the tokenizer encodes, and must not make a finished cache look like
+    another job's once `--write-scale` has stored them in the tokenizer."""
+    return {k: v for k, v in tokenizer_config.items() if k != "latent_scale"}
+
+
+def measure_latent_scale(cache_folder: str | os.PathLike, tokenizer_folder: str | os.PathLike) -> float:
+    """Store the scale measured on a latent cache (1 / overall std, see `latent_stats`) as the
+    `latent_scale` of the tokenizer that encoded it, through the shared save path; returns it.
+
+    Only called on request (`vqgan-lc cache latents ... --write-scale`): the paper trains its
+    generators on unscaled latents, and a scale in the tokenizer becomes train-gen's default."""
+    from ..tokenizer.model import VQModel
+
+    store = open_cache(str(cache_folder))
+    if store.header.get("kind") != "latents":
+        raise ValueError(f"{cache_folder} holds token ids; a latent scale is measured on `vqgan-lc cache latents`")
+    model = VQModel.from_pretrained(tokenizer_folder)
+    if not _same_encoder(store.header.get("tokenizer_config", {}), model.config.to_dict()):
+        raise ValueError(f"{cache_folder} was encoded by another tokenizer than {tokenizer_folder}; measure the "
+                         "scale on a cache of this tokenizer")
+    stats_path = Path(cache_folder) / STATS_NAME
+    stats = json.loads(stats_path.read_text()) if stats_path.is_file() else latent_stats(store)
+    model.config.latent_scale = float(stats["scale"])
+    model.config.validate()
+    model.save_pretrained(tokenizer_folder)
+    return model.config.latent_scale
+
+
+def tokenizer_latent_scale(store: CacheStore) -> float | None:
+    """The `latent_scale` stored in the config of the tokenizer that encoded a latent cache
+    (the folder named in the cache's header), or None when it has none, is gone, or no longer
+    holds the tokenizer that encoded the cache (a scale of other latents would be wrong)."""
+    from ..pretrained import CONFIG_NAME
+    from ..tokenizer.model import VQModel
+
+    folder = store.header.get("tokenizer")
+    if store.header.get("kind") != "latents" or not folder or not (Path(folder) / CONFIG_NAME).is_file():
+        return None
+    config = VQModel.read_config(folder)
+    if not _same_encoder(store.header.get("tokenizer_config", {}), config.to_dict()):
+        return None
+    return config.latent_scale
+
+
+def _same_encoder(a: dict, b: dict) -> bool:
+    """Two tokenizer configs (one may come from JSON) that encode alike, whatever their latent statistics."""
+    from ..tokenizer.config import TokenizerConfig
+
+    if not (a and b):  # a cache from before headers named their tokenizer: nothing to match
+        return False
+
+    def canonical(data: dict) -> dict:  # through the dataclass: defaults filled in, lists and tuples alike
+        return json.loads(json.dumps(_encoding_config(TokenizerConfig.from_dict(_encoding_config(data)).to_dict())))
+    return canonical(a) == canonical(b)
 
 
 def latent_stats(store: CacheStore, chunk: int = 4096) -> dict:

@@ -22,7 +22,7 @@ from ..config import Config
 from ..pretrained import PretrainedModel
 from ..train.config import TrainConfig
 from ..train.loop import StepContext, TrainingTask, TrainResult, run_training
-from .cache import GeneratorDataset, open_cache
+from .cache import GeneratorDataset, open_cache, tokenizer_latent_scale
 
 FAMILIES = ("gpt", "dit", "sit", "ldm")
 EXPORT_NAME = "generator"
@@ -79,7 +79,9 @@ def _config_class(family: str) -> type[Config]:
 class GeneratorTrainConfig(TrainConfig):
     generator: str = "gpt-tiny"        # preset name: gpt-* | dit-* | sit-* | ldm-*
     model: Config | None = None        # the architecture, sized by the cache (model_config_for)
-    latent_scale: float = 1.0          # latents are multiplied by this for training (1.0: the paper's unscaled latents)
+    # latents are multiplied by this for training. Default: the tokenizer's measured latent_scale
+    # when its config has one (`cache latents --write-scale`), else 1.0, the paper's unscaled latents.
+    latent_scale: float = 1.0
     diffusion_steps: int = 1000        # dit / ldm: training schedule length
     # AdamW as in DiT and LlamaGen; the paper's generators train with constant learning rates.
     betas: tuple[float, float] = (0.9, 0.95)
@@ -215,6 +217,13 @@ def generator_config(preset: str, cache: str, out: str, overrides: list[str] | t
     config = GeneratorTrainConfig(generator=preset, model=model_config_for(preset, store), data=cache, out_dir=out)
     if family_of(preset) == "gpt":
         config.ema_decay = None  # LlamaGen's GPTs train without an EMA
+    else:
+        # A scale the user stored in the tokenizer (measured on its training latents) is the
+        # default; `--set latent_scale=...` below still overrides it. The run's config keeps
+        # the value used, so sampling divides by the same number.
+        measured = tokenizer_latent_scale(store)
+        if measured is not None:
+            config.latent_scale = measured
     return config.override(list(overrides)).validate()
 
 

@@ -19,8 +19,36 @@ from .search import codebook_sq_norms, nearest_codes
 from .usage import code_counts
 
 
+class Unpackable:
+    """Lets an output dataclass unpack like a tuple of the fields named in `_unpack`, in that
+    order, while keeping attribute access (`out.indices`) and keyword construction.
+
+    Users of diffusers and vector-quantize-pytorch write `quantized, indices, loss = vq(z)`;
+    a NamedTuple would allow that too but would also make every field positional forever and
+    compare equal to plain tuples, so the dataclasses stay dataclasses and only iterate.
+    """
+
+    _unpack: tuple[str, ...] = ()
+
+    def __iter__(self):
+        return (getattr(self, name) for name in self._unpack)
+
+    def __len__(self) -> int:
+        return len(self._unpack)
+
+    def __getitem__(self, index):
+        return tuple(self)[index]
+
+
 @dataclass
-class QuantizerOutput:
+class QuantizerOutput(Unpackable):
+    """What a quantizer returns. Unpacks as three values, in the order vector-quantize-pytorch
+    uses: `quantized, indices, loss = quantizer(z)` (also `out[0]`, `out[1]`, `out[2]`).
+    `counts` is not part of the tuple, so that three-name unpacking keeps working; read it as
+    the attribute `out.counts`."""
+
+    _unpack = ("quantized", "indices", "loss")
+
     quantized: torch.Tensor   # (B, D', H, W) straight-through: forward = entries, backward = identity to z
     indices: torch.Tensor     # (B, H, W) int64
     loss: torch.Tensor        # scalar: alpha*||sg(zq)-z||^2 + beta*||zq-sg(z)||^2 (EMA: alpha term only)
@@ -133,7 +161,10 @@ class Quantizer(nn.Module, ABC):
         """(B, H, W) indices -> (B, D', H, W) latents, exactly what `forward` would feed the decoder."""
         if indices.dtype not in (torch.int32, torch.int64):
             raise ValueError(f"indices must be an integer tensor, got {indices.dtype}")
-        if indices.numel() and (int(indices.min()) < 0 or int(indices.max()) >= self.num_codes):
+        # The range check reads values back to Python, which breaks a torch.compile graph in
+        # two (and syncs a GPU), so compiled code skips it; eager calls keep the clear error.
+        if (not torch.compiler.is_compiling() and indices.numel()
+                and (int(indices.min()) < 0 or int(indices.max()) >= self.num_codes)):
             raise ValueError(f"indices must lie in [0, {self.num_codes}), got range "
                              f"[{int(indices.min())}, {int(indices.max())}]")
         entries = self.search_codebook()[0]

@@ -17,16 +17,21 @@ from .config import QuantizerConfig
 log = logging.getLogger(__name__)
 
 
-def adopt_codebook(config: QuantizerConfig, codebook: torch.Tensor | str | os.PathLike) -> torch.Tensor:
+def adopt_codebook(config: QuantizerConfig, codebook: torch.Tensor | str | os.PathLike,
+                   metadata: dict | None = None) -> torch.Tensor:
     """The one rule for a given codebook: its (N, C) shape decides `codebook_size` and
     `codebook_dim` (the projector adapts to C); a change to the config is logged, never silent.
 
-    Accepts a tensor or the path of a codebook file from `vqgan-lc codebook build`."""
+    Accepts a tensor or the path of a codebook file from `vqgan-lc codebook build`; for a file,
+    its metadata is copied into `metadata` when a dict is passed."""
     source = "codebook tensor"
     if isinstance(codebook, (str, os.PathLike)):
         from ..codebook.io import load_codebook
         source = f"codebook file {codebook}"
-        codebook = load_codebook(codebook).vectors
+        book = load_codebook(codebook)
+        codebook = book.vectors
+        if metadata is not None:
+            metadata.update(book.metadata)
     if codebook.ndim != 2:
         raise ValueError(f"an LC codebook is an (N, C) matrix, got shape {tuple(codebook.shape)}")
     n, c = map(int, codebook.shape)
@@ -61,9 +66,15 @@ class LCQuantizer(Quantizer):
     its shape decides N and C (`adopt_codebook`)."""
 
     def __init__(self, config: QuantizerConfig, codebook: torch.Tensor | str | os.PathLike | None = None):
+        metadata: dict = {}
         if codebook is not None:
-            codebook = adopt_codebook(config, codebook)  # before the base class keeps the config
+            codebook = adopt_codebook(config, codebook, metadata)  # before the base class keeps the config
         super().__init__(config)
+        # Where the frozen entries came from (backbone, layer, pooling, k-means mode, seed, data
+        # fingerprint: the file's scalar metadata). Not part of the config, so it never changes
+        # what the model computes or how runs compare; save_pretrained keeps it for the model card.
+        self.provenance = {"codebook": {k: v for k, v in metadata.items()
+                                        if isinstance(v, (str, int, float, bool)) or v is None}} if metadata else {}
         if codebook is None:
             # Placeholder until a k-means codebook is loaded (from_pretrained / load_codebook);
             # random Gaussian is also the paper's "random init" ablation (5.4% utilization).

@@ -33,10 +33,9 @@ import torch
 import torch.nn.functional as F
 from scipy.spatial import cKDTree
 
-try:  # faiss-cpu is a core dependency, but the other paths must keep working without it
-    from .._faiss import faiss  # picks the BLAS kernel for this CPU before faiss loads
-except ImportError:  # pragma: no cover - only where faiss is missing
-    faiss = None
+# faiss loads on first use (it picks the BLAS kernel for this CPU first), so importing the
+# quantizer does not import it; where it is missing the other backends keep working.
+from .._faiss import load_faiss
 
 METRICS = ("l2", "cosine")
 BACKENDS = ("auto", "torch", "kdtree", "faiss")
@@ -80,7 +79,7 @@ def _validate(z, codebook, sq_norms, metric, backend, budget_mb) -> None:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     if backend in ("faiss", "kdtree") and z.device.type != "cpu":
         raise ValueError(f"backend={backend!r} searches CPU tensors only, got {z.device}; use backend='torch'")
-    if backend == "faiss" and faiss is None:
+    if backend == "faiss" and load_faiss() is None:
         raise RuntimeError("backend='faiss' needs faiss, which is not importable (pip install faiss-cpu)")
     if not budget_mb > 0:
         raise ValueError(f"memory_budget_mb must be positive, got {budget_mb}")
@@ -107,7 +106,8 @@ def _choose_backend(backend: str, m: int, n: int, d: int, device: torch.device, 
     if device.type != "cpu":
         return "torch"
     lo, hi = FAISS_FUSED_DIMS
-    if faiss is not None and lo <= d <= hi and _faiss_batch(m, n, d, budget_bytes) >= FAISS_FUSED_MIN_QUERIES:
+    # the cheap tests first: faiss is loaded only when its fused kernel would be chosen
+    if lo <= d <= hi and _faiss_batch(m, n, d, budget_bytes) >= FAISS_FUSED_MIN_QUERIES and load_faiss() is not None:
         return "faiss"
     kd_ok = d <= KDTREE_MAX_DIM and m >= KDTREE_MIN_QUERIES
     return "kdtree" if kd_ok and _kdtree_bytes(n, d) <= 0.75 * budget_bytes else "torch"
@@ -266,6 +266,7 @@ def _search_kdtree(z, codebook, metric, budget_bytes):
 # --------------------------------------------------------------------------- faiss (CPU)
 
 def _search_faiss(z, codebook, sq_norms, metric, budget_bytes):
+    faiss = load_faiss()
     m, d = z.shape
     n = codebook.shape[0]
     e = codebook.float()

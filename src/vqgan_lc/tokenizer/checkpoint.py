@@ -29,5 +29,6 @@ def export_for_inference(model):
     exported = VQModel(config, projected)
     state = {k: v for k, v in model.state_dict().items() if not k.startswith("quantizer.")}
     exported.load_state_dict(state, strict=False)
+    exported.provenance = model.gather_provenance()  # the card of the export still names its codebook's origin
     return exported.eval()
 

@@ -45,6 +45,15 @@ class AutoencoderConfig(Config):
 class TokenizerConfig(Config):
     autoencoder: AutoencoderConfig = field(default_factory=AutoencoderConfig)
     quantizer: QuantizerConfig = field(default_factory=QuantizerConfig)
+    # Latent statistics: 1 / std of the quant_conv latents, measured by `vqgan-lc cache latents
+    # ... --write-scale` on the training set; used by the diffusion generators when set (it
+    # becomes train-gen's default latent_scale). None keeps the paper's unscaled latents.
+    # It describes the latents and does not change what the tokenizer computes.
+    latent_scale: float | None = None
+
+    def check(self) -> None:
+        if self.latent_scale is not None and not (0 < self.latent_scale < float("inf")):
+            raise ValueError(f"tokenizer latent_scale must be a positive finite number or none, got {self.latent_scale}")
 
 
 def _f16(**quantizer: Any) -> TokenizerConfig:

@@ -40,6 +40,9 @@ def output_names(paths: list[str], suffix: str) -> list[str]:
 
 
 def _plan(paths: list[str], out_dir: str | os.PathLike, suffix: str) -> list[Path]:
+    folders = [p for p in paths if os.path.isdir(p)]
+    if folders:  # a usage error, not an unreadable file: refused before any work
+        raise ValueError(f"{folders[0]} is a folder; pass the files themselves (e.g. {os.path.join(folders[0], '*')})")
     out = Path(out_dir)
     targets = [out / name for name in output_names(paths, suffix)]
     inputs = {Path(p).resolve() for p in paths}
@@ -50,6 +53,8 @@ def _plan(paths: list[str], out_dir: str | os.PathLike, suffix: str) -> list[Pat
 
 
 def _skip(summary: FileRunSummary, path: str, reason: str) -> None:
+    # the image loader's messages begin with the path, which every report line shows already
+    reason = reason[len(path) + 2:] if reason.startswith(f"{path}: ") else reason
     summary.skipped.append((path, reason))
 
 
@@ -109,12 +114,18 @@ def encode_files(model: VQModel, paths: list[str], out_dir: str | os.PathLike,
 
 def read_token_file(path: str) -> np.ndarray:
     """A 2-D integer .npy array of token ids, or one line saying what is wrong with the file."""
+    if not os.path.isfile(path):
+        raise ImageError("no such file")
+    with open(path, "rb") as f:
+        magic = f.read(6)
+    if magic.startswith(b"PK"):  # a zip: np.savez writes these
+        raise ImageError("an .npz archive, not a .npy array of token ids; save each array with np.save")
+    if magic != b"\x93NUMPY":  # numpy's own guess for other files speaks of pickles, which misleads
+        raise ImageError("not a .npy file; token ids are (h, w) integer arrays saved with np.save (see `vqgan-lc encode`)")
     try:
         idx = np.load(path, allow_pickle=False)
     except (OSError, ValueError) as err:
         raise ImageError(f"not a .npy array of token ids ({err})") from None
-    if not isinstance(idx, np.ndarray):
-        raise ImageError("an .npz archive, not a .npy array of token ids; save each array with np.save")
     if idx.ndim != 2 or not np.issubdtype(idx.dtype, np.integer) or 0 in idx.shape:
         raise ImageError(f"expected a 2-D integer array (h, w) with no empty side, got {idx.dtype} {idx.shape}")
     return idx

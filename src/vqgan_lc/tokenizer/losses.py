@@ -25,7 +25,7 @@ from vqgan_lc.tokenizer.discriminator import (
     hinge_d_loss,
     vanilla_d_loss,
 )
-from vqgan_lc.tokenizer.perceptual import PERCEPTUAL_NAMES, PerceptualLoss, build_perceptual
+from vqgan_lc.backbones.perceptual import PERCEPTUAL_NAMES, PerceptualLoss, build_perceptual
 
 RECONSTRUCTION_LOSSES = ("l1", "l2")
 DISC_LOSSES = {"hinge": hinge_d_loss, "vanilla": vanilla_d_loss}

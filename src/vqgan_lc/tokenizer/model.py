@@ -9,19 +9,34 @@ from torch import nn
 
 from ..pretrained import PretrainedModel
 from ..quantize import Quantizer, QuantizerOutput, build_quantizer
+from ..quantize.base import Unpackable
 from .autoencoder import Decoder, Encoder
 from .config import TokenizerConfig, get_preset
 
 
 @dataclass
-class EncodeOutput:
+class EncodeOutput(Unpackable):
+    """What `encode` and `snap_latents` return; unpacks in field order:
+    `latents, quantized, indices = model.encode(x)`.
+
+    Unlike diffusers' `VQModel.encode`, whose `.latents` are the unquantized latents that its
+    `decode` then quantizes, here `decode` never quantizes: decode `quantized` (or the
+    `indices`), not `latents`, to get the tokenizer's reconstruction."""
+
+    _unpack = ("latents", "quantized", "indices")
+
     latents: torch.Tensor     # (B, D', h, w) continuous quant_conv output (what LDM/DiT/SiT model)
     quantized: torch.Tensor   # (B, D', h, w) nearest entries (straight-through)
     indices: torch.Tensor     # (B, h, w) int64 token ids
 
 
 @dataclass
-class TokenizerOutput:
+class TokenizerOutput(Unpackable):
+    """What `model(x)` returns; unpacks in field order:
+    `reconstruction, latents, quantizer_out = model(x)` (itself a `QuantizerOutput`)."""
+
+    _unpack = ("reconstruction", "latents", "quantizer")
+
     reconstruction: torch.Tensor  # (B, 3, H, W)
     latents: torch.Tensor         # (B, D', h, w) before quantization
     quantizer: QuantizerOutput
@@ -74,6 +89,9 @@ class VQModel(PretrainedModel):
 
     # --- the pipeline --------------------------------------------------------------------------
     def _check_images(self, images: torch.Tensor) -> None:
+        # Only sizes are read here, never values: under torch.compile they become shape guards,
+        # not graph breaks (tests compile encode_latents with fullgraph=True), so the check stays
+        # on while compiling; value checks (the index range) are skipped there instead.
         c = self.config.autoencoder.in_channels
         if images.ndim != 4 or images.shape[1] != c:
             raise ValueError(f"expected images of shape (B, {c}, H, W), got {tuple(images.shape)}")

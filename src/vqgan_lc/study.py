@@ -1,0 +1,586 @@
+"""`vqgan-lc study`: the paper's claims as numbers this project produces on demand.
+
+    vqgan-lc study --out runs/study                                  # LC, VQ, FC, EMA at 1K..64K entries
+    vqgan-lc study --out runs/study --ablation init|projector|dim    # Tables 6, 10, 11
+    vqgan-lc study --out runs/study --classify mnist,photos          # + a ViT on every tokenizer's token maps
+
+Every combination (quantizer x codebook size, or an ablation's variant x size) trains the
+same tokenizer architecture on the same data (crops of the bundled photos' train regions),
+for the same steps, batch and losses, with only the quantizer changed; it is evaluated on the
+same held-out crops (the photos' held-out regions):
+
+- utilization over a fixed token window (`usage_crops` crops, the same for every size), with
+  the share a perfectly uniform code would reach on that window beside it (1 - (1 - 1/N)^T),
+  so a small window is never mistaken for an unused codebook;
+- PSNR, SSIM, perceptual-lite0 and FD-lite0 (offline stand-ins: not LPIPS / rFID) over the
+  first `eval_crops` of those crops, by the project's evaluator.
+
+LC codebooks are k-means centres of EfficientNet-Lite0 patch features of train crops (one
+global k-means per size, as class-free data needs); the init ablation swaps them for random
+feature vectors or Gaussian draws at the features' scale.
+
+Resumable at every level: OUT/codebooks/<mode>-<N>.safetensors is built once; each
+combination lives in OUT/runs/<name>/ and is finished when its result.json exists, which
+records the settings it was made with. A rerun skips finished combinations (and refuses,
+in one line, one made with other settings), continues an interrupted training from its last
+checkpoint, and rewrites the report from all results. Ablation variants equal to the main
+sweep's LC model (k-means, projector + frozen codebook, D' = low_dim) share its folder, so
+they are trained once for all tables.
+
+Outputs: OUT/report.json, OUT/report.md, OUT/utilization.png (utilization against codebook
+size per quantizer, the paper's Figure 1a) and OUT/reconstruction.png (PSNR and FD-lite0
+against size).
+"""
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from .classify.data import LABELLED_SETS
+from .classify.model import TokenClassifierConfig, classifier_preset
+from .config import Config
+from .files import atomic_path, atomic_write_json, atomic_write_text
+from .tokenizer.config import AutoencoderConfig, get_preset
+from .tokenizer.losses import LossConfig
+
+log = logging.getLogger("vqgan_lc.study")
+
+QUANTIZERS = ("lc", "vq", "fc", "ema")
+ABLATIONS = ("none", "init", "projector", "dim")
+LABELS = {"lc": "VQGAN-LC", "vq": "VQGAN", "fc": "VQGAN-FC", "ema": "VQGAN-EMA"}
+BACKBONE = "efficientnet-lite0"
+CODEBOOK_DIM = 112           # EfficientNet-Lite0 stride-16 features: the width of every LC entry here
+FEATURE_STRIDE = 16          # one feature vector per 16x16 pixels of a codebook crop
+RESULT_NAME = "result.json"
+# Training settings that do not change what a combination computes (a rerun may differ in them).
+FREE_TRAIN_FIELDS = ("out_dir", "codebook", "save_every", "log_every", "image_every", "usage_every", "num_workers",
+                     "device")
+
+
+def _tiny_autoencoder() -> AutoencoderConfig:
+    return get_preset("vqgan-lc-tiny").autoencoder
+
+
+@dataclass
+class StudyConfig(Config):
+    out_dir: str = "runs/study"
+    sizes: tuple[int, ...] = (1024, 4096, 16384, 65536)
+    quantizers: tuple[str, ...] = QUANTIZERS
+    ablation: str = "none"           # "none" | "init" (Table 6) | "projector" (Table 10) | "dim" (Table 11)
+    dims: tuple[int, ...] = (4, 8, 16, 64)  # D' of the dim ablation
+    # --- one training budget for every combination ---
+    steps: int = 100
+    batch_size: int = 16
+    lr: float = 1e-3
+    low_dim: int = 8                 # D' of LC and FC (the paper's f16: 8); VQ and EMA use z_channels (paper: 256)
+    autoencoder: AutoencoderConfig = field(default_factory=_tiny_autoencoder)  # 64 px, f8: 8x8 tokens
+    # No GAN: a few hundred CPU steps are far too few for it to help (the demo's choice too).
+    loss: LossConfig = field(default_factory=lambda: LossConfig(disc_start=10**9))
+    train_crops: int = 2048          # crops per epoch of the photos' train regions (new crops every epoch)
+    # --- LC codebooks: k-means over Lite0 features of train crops ---
+    codebook_crops: int = 2048       # at 128 px each gives 8x8 = 64 vectors: 131,072 vectors
+    codebook_crop_size: int = 128
+    kmeans_iters: int = 10
+    # --- evaluation, the same held-out crops for every combination ---
+    eval_crops: int = 1024           # PSNR / SSIM / perceptual-lite0 / FD-lite0
+    usage_crops: int = 4096          # utilization window: 4,096 crops x 64 tokens = 262,144 tokens
+    fd_image_size: int = 64
+    # --- classification on token maps (`--classify`) ---
+    classify: tuple[str, ...] = ()   # labelled sets: "mnist" and/or "photos" (classify/data.py); () = off
+    classifier: TokenClassifierConfig = field(default_factory=lambda: classifier_preset("vit-tiny"))
+    classify_epochs: int = 4
+    classify_batch_size: int = 64
+    classify_lr: float = 1e-3
+    classify_per_class: int = 500    # mnist: digits per class (80% train, 20% held out)
+    classify_train_crops: int = 2048  # photos: labelled train crops
+    classify_val_crops: int = 512     # photos: labelled held-out crops
+    seed: int = 0
+    device: str = "auto"
+    progress: bool = True
+
+    @property
+    def image_size(self) -> int:
+        return self.autoencoder.resolution
+
+    @property
+    def tokens_per_crop(self) -> int:
+        f = self.autoencoder.downsample_factor
+        return (self.image_size // f) ** 2
+
+    def check(self) -> None:
+        if not self.sizes or min(self.sizes) < 2 or len(set(self.sizes)) != len(self.sizes):
+            raise ValueError(f"sizes must be distinct codebook sizes >= 2, e.g. sizes=1024,4096; got {self.sizes}")
+        unknown = sorted(set(self.quantizers) - set(QUANTIZERS))
+        if not self.quantizers or unknown:
+            raise ValueError(f"quantizers must be chosen from {','.join(QUANTIZERS)}, got {','.join(self.quantizers)}")
+        if self.ablation not in ABLATIONS:
+            raise ValueError(f"ablation must be one of {', '.join(ABLATIONS)}, got {self.ablation!r}")
+        if not self.dims or min(self.dims) < 1:
+            raise ValueError(f"dims must be positive latent widths, e.g. dims=4,8,16,64; got {self.dims}")
+        if min(self.steps, self.batch_size, self.low_dim, self.train_crops, self.kmeans_iters) < 1 or self.lr <= 0:
+            raise ValueError("steps, batch_size, low_dim, train_crops and kmeans_iters must be >= 1 and lr > 0")
+        if self.eval_crops < 2 or self.usage_crops < self.eval_crops:
+            raise ValueError(f"need eval_crops >= 2 and usage_crops >= eval_crops (the usage window contains the "
+                             f"metric crops), got {self.eval_crops} and {self.usage_crops}")
+        if self.image_size < 32 or self.fd_image_size % 32:
+            raise ValueError(f"the evaluator needs autoencoder.resolution >= 32 and fd_image_size a multiple of 32, "
+                             f"got {self.image_size} and {self.fd_image_size}")
+        if self.codebook_crop_size % FEATURE_STRIDE or self.codebook_crop_size < 32:
+            raise ValueError(f"codebook_crop_size must be a multiple of {FEATURE_STRIDE} and >= 32, got "
+                             f"{self.codebook_crop_size}")
+        vectors = self.codebook_crops * (self.codebook_crop_size // FEATURE_STRIDE) ** 2
+        if self._needs_kmeans() and vectors < max(self.sizes):
+            raise ValueError(f"{self.codebook_crops} codebook crops of {self.codebook_crop_size} px give {vectors} "
+                             f"feature vectors, fewer than the {max(self.sizes)} entries asked for; raise codebook_crops")
+        unknown = sorted(set(self.classify) - set(LABELLED_SETS))
+        if unknown:
+            raise ValueError(f"classify sets must be chosen from {','.join(LABELLED_SETS)}, got {','.join(unknown)}")
+        if min(self.classify_epochs, self.classify_batch_size, self.classify_train_crops, self.classify_val_crops) < 1 \
+                or self.classify_lr <= 0 or not 2 <= self.classify_per_class <= 500:
+            raise ValueError("classify_epochs, classify_batch_size and the crop counts must be >= 1, classify_lr > 0 "
+                             "and 2 <= classify_per_class <= 500")
+
+    def _needs_kmeans(self) -> bool:
+        return any(c.codebook in ("global", "random-select") for c in plan(self))
+
+
+@dataclass(frozen=True)
+class Combination:
+    """One tokenizer of the study: a quantizer variant at one codebook size."""
+
+    name: str                 # run folder name, e.g. "lc-4096"; equal variants share it
+    series: str               # one line in the plots, one row in the pivot tables
+    label: str                # what the tables print for the series
+    kind: str                 # quantizer kind: lc | vq | fc | ema
+    size: int                 # N
+    dim: int                  # D', the latent width the decoder sees
+    codebook: str | None = None   # LC codebook: "global" (k-means) | "random-select" | "gaussian"
+    projector: str = "linear"
+    train_codebook: bool = False
+
+
+def _lc(cfg: StudyConfig, size: int, series: str = "lc", label: str = LABELS["lc"], **kw) -> Combination:
+    """An LC variant; the one equal to the main sweep's VQGAN-LC gets its name (trained once)."""
+    base = dict(kind="lc", size=size, dim=cfg.low_dim, codebook="global", projector="linear", train_codebook=False)
+    spec = {**base, **kw}
+    name = f"lc-{size}" if spec == base else f"lc-{series}-{size}"
+    return Combination(name=name, series=series, label=label, **spec)
+
+
+def plan(cfg: StudyConfig) -> list[Combination]:
+    """The combinations a study trains, in order (by size, then quantizer or variant)."""
+    combos: list[Combination] = []
+    for size in cfg.sizes:
+        if cfg.ablation == "none":
+            for kind in cfg.quantizers:
+                if kind == "lc":
+                    combos.append(_lc(cfg, size))
+                else:
+                    # the paper's baselines: VQ and EMA keep the encoder's width, FC factorizes to low_dim
+                    dim = cfg.low_dim if kind == "fc" else cfg.autoencoder.z_channels
+                    combos.append(Combination(f"{kind}-{size}", kind, LABELS[kind], kind, size, dim))
+        elif cfg.ablation == "init":  # Table 6: how the frozen entries are initialised
+            combos += [_lc(cfg, size, "gaussian", "random Gaussian (features' mean/std)", codebook="gaussian"),
+                       _lc(cfg, size, "random-select", "random selection of features", codebook="random-select"),
+                       _lc(cfg, size, "kmeans", "k-means of features (VQGAN-LC)")]
+        elif cfg.ablation == "projector":  # Table 10: the projector and a frozen codebook, each removed
+            combos += [_lc(cfg, size, "static", "static codebook, no projector", projector="none", dim=CODEBOOK_DIM),
+                       _lc(cfg, size, "frozen", "projector + frozen codebook (VQGAN-LC)"),
+                       _lc(cfg, size, "trainable", "projector + trainable codebook", train_codebook=True)]
+        else:  # Table 11: the latent width D'
+            combos += [_lc(cfg, size, f"d{d}", f"D'={d}", dim=d) for d in cfg.dims]
+    return combos
+
+
+def tokenizer_train_config(cfg: StudyConfig, combo: Combination, out_dir: Path, codebook: Path | None):
+    """The combination's tokenizer training config: the shared budget, only the quantizer differs."""
+    from .quantize.config import QuantizerConfig
+    from .tokenizer.config import TokenizerConfig
+    from .tokenizer.training import TokenizerTrainConfig
+
+    quantizer = QuantizerConfig(kind=combo.kind, codebook_size=combo.size, dim=combo.dim)
+    if combo.kind == "lc":
+        quantizer.codebook_dim = CODEBOOK_DIM
+        quantizer.projector = combo.projector
+        quantizer.train_codebook = combo.train_codebook
+    model = TokenizerConfig(copy.deepcopy(cfg.autoencoder), quantizer)
+    return TokenizerTrainConfig(
+        model=model, codebook=str(codebook) if codebook is not None else None, data=f"demo:train:{cfg.train_crops}",
+        batch_size=cfg.batch_size, lr=cfg.lr, max_steps=cfg.steps, warmup_epochs=0.0, loss=copy.deepcopy(cfg.loss),
+        seed=cfg.seed, out_dir=str(out_dir), save_every=max(cfg.steps // 2, 1), image_every=cfg.steps,
+        usage_every=max(cfg.steps // 10, 1), log_every=10, device=cfg.device).validate()
+
+
+def _json(data):
+    """As it reads back from a JSON file (tuples become lists), for comparing with saved settings."""
+    return json.loads(json.dumps(data, default=str))
+
+
+def codebook_spec(cfg: StudyConfig, mode: str, size: int) -> dict:
+    return {"mode": mode, "size": size, "backbone": BACKBONE, "crops": cfg.codebook_crops,
+            "crop_size": cfg.codebook_crop_size, "kmeans_iters": cfg.kmeans_iters, "seed": cfg.seed}
+
+
+def combination_spec(cfg: StudyConfig, combo: Combination) -> dict:
+    """Everything that decides a combination's numbers: what a finished one is checked against."""
+    train = tokenizer_train_config(cfg, combo, Path("."), None).to_dict()
+    # series and label only name the table a variant appears in: equal variants share one folder
+    what = {k: v for k, v in asdict(combo).items() if k not in ("series", "label")}
+    return _json({"combination": what,
+                  "train": {k: v for k, v in train.items() if k not in FREE_TRAIN_FIELDS},
+                  "codebook": codebook_spec(cfg, combo.codebook, combo.size) if combo.codebook else None,
+                  "eval": {"eval_crops": cfg.eval_crops, "usage_crops": cfg.usage_crops,
+                           "fd_image_size": cfg.fd_image_size}})
+
+
+def _differences(a: dict, b: dict, prefix: str = "") -> list[str]:
+    keys = sorted(set(a) | set(b))
+    out = []
+    for k in keys:
+        x, y = a.get(k), b.get(k)
+        if isinstance(x, dict) and isinstance(y, dict):
+            out += _differences(x, y, f"{prefix}{k}.")
+        elif x != y:
+            out.append(prefix + k)
+    return out
+
+
+# --- codebooks -------------------------------------------------------------------------------------
+
+class _Features:
+    """Lite0 patch features of the codebook crops, extracted on first use and kept for every size."""
+
+    def __init__(self, cfg: StudyConfig):
+        self.cfg = cfg
+        self._vectors = None
+
+    def __call__(self):
+        if self._vectors is None:
+            from torch.utils.data import DataLoader
+
+            from .backbones.registry import as_backbone
+            from .codebook.build import extract_in_memory
+            from .data import build_dataset, collate_skip_corrupt
+
+            cfg = self.cfg
+            log.info("extracting %s features of %d train crops (%d px) for the LC codebooks", BACKBONE,
+                     cfg.codebook_crops, cfg.codebook_crop_size)
+            crops = build_dataset(f"demo:train:{cfg.codebook_crops}", cfg.codebook_crop_size, train=True,
+                                  seed=cfg.seed + 1)
+            loader = DataLoader(crops, batch_size=32, collate_fn=collate_skip_corrupt)
+            # pool=None: every grid cell is a vector (8x8 per 128 px crop), as in the demo
+            self._vectors, _, _ = extract_in_memory(loader, as_backbone(BACKBONE), pool=None)
+            if self._vectors.shape[1] != CODEBOOK_DIM:
+                raise ValueError(f"{BACKBONE} features are {self._vectors.shape[1]}-d, the study expects "
+                                 f"{CODEBOOK_DIM}; the backbone's layer choice changed")
+        return self._vectors
+
+
+def ensure_codebook(cfg: StudyConfig, mode: str, size: int, features: _Features) -> Path:
+    """OUT/codebooks/<mode>-<size>.safetensors, built once; its .json sidecar (written last)
+    holds the settings it was built with."""
+    from .codebook.build import build_codebook_from_vectors
+    from .codebook.io import save_codebook
+
+    path = Path(cfg.out_dir) / "codebooks" / f"{mode}-{size}.safetensors"
+    sidecar = path.with_suffix(".json")
+    spec = _json(codebook_spec(cfg, mode, size))
+    if path.is_file() and sidecar.is_file():
+        saved = json.loads(sidecar.read_text())["spec"]
+        if saved == spec:
+            return path
+        raise ValueError(f"{path} was built with other settings ({', '.join(_differences(saved, spec))} differ); "
+                         "choose another --out")
+    t0 = time.perf_counter()
+    vectors, info = build_codebook_from_vectors(features(), None, size, mode, cfg.seed, iters=cfg.kmeans_iters)
+    save_codebook(path, vectors, {"backbone": BACKBONE, "pooling": "none", **info})
+    info["seconds"] = round(time.perf_counter() - t0, 1)
+    atomic_write_json(sidecar, {"spec": spec, "info": info})
+    log.info("codebook %s: %d entries in %.1f s", mode, size, info["seconds"])
+    return path
+
+
+# --- one combination ----------------------------------------------------------------------------------
+
+def uniform_ceiling(num_tokens: int, size: int) -> float:
+    """Expected utilization of a perfectly uniform code of `size` entries over `num_tokens` tokens."""
+    return 1.0 - math.exp(num_tokens * math.log1p(-1.0 / size)) if size > 1 else 1.0
+
+
+def _loader(cfg: StudyConfig, crops: int):
+    from torch.utils.data import DataLoader
+
+    from .data import build_dataset, collate_skip_corrupt
+
+    data = build_dataset(f"demo:eval:{crops}", cfg.image_size, train=False, seed=cfg.seed)
+    return DataLoader(data, batch_size=64, collate_fn=collate_skip_corrupt)
+
+
+def evaluate_combination(cfg: StudyConfig, model, folder: Path) -> dict:
+    """Utilization over the usage window, image metrics over its first `eval_crops` crops."""
+    import torch
+
+    from .evaluate.evaluator import EvalConfig, run_evaluation
+    from .quantize.usage import UsageAccumulator
+
+    model.eval()
+    device = next(model.parameters()).device
+    usage = UsageAccumulator(model.num_codes, device=device)
+    with torch.no_grad():
+        for batch in _loader(cfg, cfg.usage_crops):
+            usage.update(model.encode(batch["image"].to(device)).indices)
+    window = usage.stats()
+    config = EvalConfig(image_size=cfg.image_size, batch_size=64, perceptual="perceptual-lite0", fid="off",
+                        fd_image_size=cfg.fd_image_size, grid_images=8,
+                        dataset=f"study held-out crops: the first {cfg.eval_crops} of {cfg.usage_crops} crops of the "
+                                "bundled photos' held-out regions",
+                        preprocessing=f"random square crops of the held-out regions, resized to {cfg.image_size} px")
+    metrics = run_evaluation(model, _loader(cfg, cfg.eval_crops), folder / "eval", config, device=device,
+                             progress=False)
+    tokens = int(window["num_tokens"])
+    return {
+        "utilization": float(window["utilization"]), "num_used": int(window["num_used"]), "num_tokens": tokens,
+        "perplexity": float(window["perplexity"]), "tokens_per_entry": tokens / model.num_codes,
+        "uniform_ceiling": uniform_ceiling(tokens, model.num_codes),
+        "utilization_eval_window": metrics["utilization"],
+        **{k: metrics[k] for k in ("psnr", "psnr_y", "ssim", "perceptual", "perceptual_name", "fd_lite0",
+                                   "num_images")},
+    }
+
+
+def run_combination(cfg: StudyConfig, combo: Combination, features: _Features) -> dict:
+    """Train (or resume) and evaluate one combination; a finished one is read back, not redone."""
+    from .train.state import STATE_NAME
+    from .tokenizer.training import train_tokenizer
+
+    folder = Path(cfg.out_dir) / "runs" / combo.name
+    spec = combination_spec(cfg, combo)
+    marker = folder / RESULT_NAME
+    if marker.is_file():
+        done = json.loads(marker.read_text())
+        if done.get("spec") == spec:
+            log.info("%s: finished earlier, skipped", combo.name)
+            return done
+        raise ValueError(f"{folder} was trained with other settings ({', '.join(_differences(done.get('spec', {}), spec))} "
+                         f"differ); choose another --out, or delete {folder} to retrain it")
+    codebook = ensure_codebook(cfg, combo.codebook, combo.size, features) if combo.codebook else None
+    train_config = tokenizer_train_config(cfg, combo, folder, codebook)
+    resume = None
+    if (folder / STATE_NAME).is_file() and (folder / "train_config.json").is_file():
+        saved = json.loads((folder / "train_config.json").read_text())
+        planned = _json(train_config.to_dict())
+        differ = [k for k in _differences(saved, planned) if k.split(".")[0] not in FREE_TRAIN_FIELDS]
+        if differ:
+            raise ValueError(f"{folder} holds an unfinished run with other settings ({', '.join(differ)} differ); "
+                             f"choose another --out, or delete {folder} to retrain it")
+        resume = folder
+    log.info("%s (%s, N=%d, D'=%d): %s %d steps", combo.name, combo.label, combo.size, combo.dim,
+             "resuming" if resume else "training", cfg.steps)
+    t0 = time.perf_counter()
+    result = train_tokenizer(train_config, resume=resume, progress=cfg.progress)
+    train_seconds = time.perf_counter() - t0
+    if result.step < cfg.steps:  # stopped early: a half-trained model must never be scored as finished
+        raise RuntimeError(f"{combo.name} stopped at step {result.step} of {cfg.steps}; rerun the study to resume it")
+    t0 = time.perf_counter()
+    scores = evaluate_combination(cfg, result.model, folder)
+    done = {**asdict(combo), **scores, "usage_curve": result.usage_curve,
+            "trainable_parameters": result.model.num_parameters(trainable_only=True),
+            "train_seconds": round(train_seconds, 1), "eval_seconds": round(time.perf_counter() - t0, 1),
+            "resumed": resume is not None, "spec": spec}
+    atomic_write_json(marker, done)
+    log.info("%s: utilization %.1f%% (%d entries), PSNR %.2f, FD-lite0 %.1f", combo.name,
+             100 * done["utilization"], done["num_used"], done["psnr"], done["fd_lite0"])
+    return done
+
+
+# --- classification -------------------------------------------------------------------------------
+
+def classify_all(cfg: StudyConfig, results: list[dict]) -> dict:
+    """Top-1 of a token-map ViT for every tokenizer of the study, on each labelled set."""
+    from .classify.data import labelled_set
+    from .classify.training import classify
+
+    out = Path(cfg.out_dir)
+    scores: dict[str, dict] = {}
+    for name in cfg.classify:
+        train, val = labelled_set(name, out / "classify-data", per_class=cfg.classify_per_class,
+                                  train_crops=cfg.classify_train_crops, val_crops=cfg.classify_val_crops)
+        scores[name] = {}
+        for r in results:
+            log.info("classify %s on %s token maps", name, r["name"])
+            overrides = [f"epochs={cfg.classify_epochs}", f"batch_size={cfg.classify_batch_size}",
+                         f"lr={cfg.classify_lr}", f"seed={cfg.seed}", "warmup_epochs=0.5"]
+            tokenizer = out / "runs" / r["name"] / "tokenizer"  # where OUT is now, even if it moved
+            report = classify(tokenizer, train, val, out / "classify" / name / r["name"], model=cfg.classifier,
+                              overrides=overrides, workers=0, device=cfg.device, progress=cfg.progress)
+            scores[name][r["name"]] = {k: report[k] for k in ("top1", "train_top1", "num_val", "num_train",
+                                                                 "num_classes", "embed", "seconds")}
+    return scores
+
+
+# --- report ----------------------------------------------------------------------------------------
+
+def _pyplot():
+    try:
+        import matplotlib
+    except ImportError:
+        raise RuntimeError("the study plots with matplotlib: pip install 'vqgan-lc[demo]'") from None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def _series(results: list[dict]) -> dict[str, list[dict]]:
+    grouped: dict[str, list[dict]] = {}
+    for r in results:
+        grouped.setdefault(r["series"], []).append(r)
+    return {k: sorted(v, key=lambda r: r["size"]) for k, v in grouped.items()}
+
+
+def _save(fig, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+
+
+def plot_utilization(results: list[dict], path: Path) -> None:
+    """Utilization against codebook size, one line per quantizer (the paper's Figure 1a)."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 3.8), dpi=120)
+    for rows in _series(results).values():
+        ax.plot([r["size"] for r in rows], [100 * r["utilization"] for r in rows], marker="o", label=rows[0]["label"])
+    sizes = sorted({r["size"] for r in results})
+    ceiling = {r["size"]: r["uniform_ceiling"] for r in results}
+    ax.plot(sizes, [100 * ceiling[s] for s in sizes], ls="--", color="grey", lw=1, label="uniform code, same window")
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(sizes, [f"{s:,}" for s in sizes])
+    ax.set_xlabel("codebook size N")
+    ax.set_ylabel("utilization (%) on held-out crops")
+    ax.set_ylim(0, 105)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    _save(fig, path)
+    plt.close(fig)
+
+
+def plot_reconstruction(results: list[dict], path: Path) -> None:
+    """PSNR and FD-lite0 against codebook size, one line per quantizer."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), dpi=120)
+    sizes = sorted({r["size"] for r in results})
+    for key, ax, title in (("psnr", axes[0], "PSNR (dB), higher is better"),
+                           ("fd_lite0", axes[1], "FD-lite0, lower is better")):
+        for rows in _series(results).values():
+            ax.plot([r["size"] for r in rows], [r[key] for r in rows], marker="o", label=rows[0]["label"])
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(sizes, [f"{s:,}" for s in sizes])
+        ax.set_xlabel("codebook size N")
+        ax.set_title(title, fontsize=10)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    _save(fig, path)
+    plt.close(fig)
+
+
+def _pivot(results: list[dict], value, header: str) -> str:
+    sizes = sorted({r["size"] for r in results})
+    lines = [f"| {header} | " + " | ".join(f"{s:,}" for s in sizes) + " |", "|---" * (len(sizes) + 1) + "|"]
+    for rows in _series(results).values():
+        by_size = {r["size"]: r for r in rows}
+        cells = [value(by_size[s]) if s in by_size else "" for s in sizes]
+        lines.append(f"| {rows[0]['label']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def markdown(report: dict) -> str:
+    cfg, results = report["config"], report["combinations"]
+    title = "vqgan-lc study" + ("" if cfg["ablation"] == "none" else f": {cfg['ablation']} ablation")
+    parts = [f"# {title}\n"]
+    parts.append("Utilization (%) over the held-out window (in brackets: what a uniform code would reach on it):\n")
+    parts.append(_pivot(results, lambda r: f"{100 * r['utilization']:.1f} ({100 * r['uniform_ceiling']:.0f})",
+                        "model \\ N"))
+    parts.append("\nPSNR (dB) / FD-lite0:\n")
+    parts.append(_pivot(results, lambda r: f"{r['psnr']:.2f} / {r['fd_lite0']:.0f}", "model \\ N"))
+    for name, scores in report.get("classification", {}).items():
+        by_name = {r["name"]: r for r in results}
+        rows = [{**by_name[k], "top1": v["top1"]} for k, v in scores.items() if k in by_name]
+        if rows:
+            first = next(iter(scores.values()))
+            parts.append(f"\nToken-map classification top-1 (%) on {name} ({first['num_val']} held-out images, "
+                         f"{first['num_classes']} classes, {first['embed']} embedding):\n")
+            parts.append(_pivot(rows, lambda r: f"{100 * r['top1']:.1f}", "tokenizer \\ N"))
+    rows = ["| model | N | D' | utilization | entries used | tokens / entry | PSNR | SSIM | perceptual-lite0 | "
+            "FD-lite0 | train s |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        rows.append(f"| {r['label']} | {r['size']:,} | {r['dim']} | {100 * r['utilization']:.1f}% | {r['num_used']:,} | "
+                    f"{r['tokens_per_entry']:.1f} | {r['psnr']:.2f} | {r['ssim']:.3f} | {r['perceptual']:.3f} | "
+                    f"{r['fd_lite0']:.1f} | {r['train_seconds']:.0f} |")
+    parts.append("\nEvery combination:\n")
+    parts.append("\n".join(rows))
+    parts.append(f"\n\n{report['protocol']}\n\n{report['seconds']:.0f} s for this invocation "
+                 f"({report['combinations_trained']} combinations trained, the rest reused).\n")
+    return "\n".join(parts)
+
+
+def _losses(loss: LossConfig) -> str:
+    terms = [loss.reconstruction.upper()] + ([loss.perceptual] if loss.perceptual != "none" else []) + ["quantizer loss"]
+    return " + ".join(terms)
+
+
+def _protocol(cfg: StudyConfig) -> str:
+    ae = cfg.autoencoder
+    return (f"Protocol: every tokenizer has the same encoder/decoder ({cfg.image_size} px, f{ae.downsample_factor}, "
+            f"ch {ae.ch}, z_channels {ae.z_channels}) and trains {cfg.steps} steps of batch {cfg.batch_size} "
+            f"(lr {cfg.lr}, Adam (0.5, 0.9), {_losses(cfg.loss)}, no GAN) on random crops "
+            f"of the bundled photos' train regions; only the quantizer differs (LC and FC: D'={cfg.low_dim}; VQ and "
+            f"EMA: D'={ae.z_channels}). LC codebooks: {cfg.kmeans_iters}-iteration k-means of {BACKBONE} features "
+            f"({CODEBOOK_DIM}-d) of {cfg.codebook_crops} train crops. Utilization: distinct entries used / N over "
+            f"{cfg.usage_crops} held-out crops ({cfg.usage_crops * cfg.tokens_per_crop:,} tokens); PSNR (RGB), SSIM, "
+            f"perceptual-lite0 and FD-lite0 over the first {cfg.eval_crops} of them. Scale: the paper trains f16 "
+            "models at 256 px for 20 ImageNet epochs and scores 50,000 val images with LPIPS and rFID; this is a "
+            "CPU-sized run of the same code, so compare the trends, not the values (perceptual-lite0 and FD-lite0 "
+            "are offline stand-ins, not comparable with LPIPS or FID).")
+
+
+def run_study(cfg: StudyConfig) -> dict:
+    """Train and evaluate every planned combination (skipping finished ones), then classify
+    (when asked) and write OUT/report.json, OUT/report.md and the plots."""
+    from .files import DirectoryLock, check_writable_dir
+
+    cfg.validate()
+    _pyplot()  # a missing extra is reported before an hour of training, not after
+    out = check_writable_dir(cfg.out_dir)
+    lock = DirectoryLock(out).acquire()
+    try:
+        started = time.perf_counter()
+        features = _Features(cfg)
+        combos = plan(cfg)
+        log.info("study: %d combinations (%s) in %s", len(combos), ", ".join(c.name for c in combos), out)
+        results, trained = [], 0
+        for combo in combos:
+            before = (out / "runs" / combo.name / RESULT_NAME).is_file()
+            result = run_combination(cfg, combo, features)
+            # a shared folder (an ablation variant equal to the main LC) keeps this table's label
+            results.append({**result, "series": combo.series, "label": combo.label})
+            trained += not before
+        report = {"config": _json(cfg.to_dict()), "combinations": results, "protocol": _protocol(cfg),
+                  "combinations_trained": trained}
+        if cfg.classify:
+            report["classification"] = classify_all(cfg, results)
+        report["seconds"] = round(time.perf_counter() - started, 1)
+        plot_utilization(results, out / "utilization.png")
+        plot_reconstruction(results, out / "reconstruction.png")
+        atomic_write_json(out / "report.json", report)
+        text = markdown(report)
+        atomic_write_text(out / "report.md", text)
+        print(text)
+        print(f"report and plots in {out}")
+        return report
+    finally:
+        lock.release()

@@ -1,0 +1,135 @@
+"""`vqgan-lc study` on a tiny case: plans, resume, every ablation flag, classification, the CLI."""
+import json
+
+import pytest
+import torch
+
+from vqgan_lc import study as study_module
+from vqgan_lc.cli import main
+from vqgan_lc.study import StudyConfig, plan, run_study, tokenizer_train_config, uniform_ceiling
+from vqgan_lc.tokenizer.model import VQModel
+
+# A few seconds per combination: 32 px, f4 (8x8 tokens), 2 steps, no perceptual loss in training.
+TINY = ["autoencoder.resolution=32", "autoencoder.ch=8", "autoencoder.ch_mult=1,2,2", "autoencoder.z_channels=8",
+        "autoencoder.norm_groups=4", "autoencoder.attn_resolutions=", "loss.perceptual=none", "steps=2",
+        "batch_size=4", "train_crops=8", "codebook_crops=8", "codebook_crop_size=64", "kmeans_iters=2",
+        "eval_crops=2", "usage_crops=4", "fd_image_size=32", "low_dim=4", "dims=2,4", "classifier.width=16",
+        "classifier.depth=1", "classifier.heads=2", "classify_epochs=1", "classify_per_class=3", "classify_batch_size=8"]
+
+
+def tiny(out, **fields) -> StudyConfig:
+    config = StudyConfig(out_dir=str(out), sizes=(64,), progress=False).override(TINY)
+    for name, value in fields.items():
+        setattr(config, name, value)
+    return config.validate()
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    """LC and VQGAN at 64 entries, with token-map classification on the mnist digits."""
+    out = tmp_path_factory.mktemp("study") / "s"
+    report = run_study(tiny(out, quantizers=("lc", "vq"), classify=("mnist",)))
+    return out, report
+
+
+def test_report_tables_plots_and_classification(finished):
+    out, report = finished
+    names = [r["name"] for r in report["combinations"]]
+    assert names == ["lc-64", "vq-64"]
+    for r in report["combinations"]:
+        assert 0.0 < r["utilization"] <= 1.0 and r["num_tokens"] == 4 * 64  # 4 crops x 8x8 tokens
+        assert r["uniform_ceiling"] == pytest.approx(uniform_ceiling(256, 64))
+        assert r["psnr"] > 0 and r["fd_lite0"] >= 0
+        assert (out / "runs" / r["name"] / "tokenizer" / "model.safetensors").is_file()
+    lc, vq = report["combinations"]
+    assert (lc["kind"], lc["dim"], vq["kind"], vq["dim"]) == ("lc", 4, "vq", 8)  # VQ keeps z_channels
+    scores = report["classification"]["mnist"]
+    assert set(scores) == {"lc-64", "vq-64"}
+    assert all(s["num_classes"] == 10 and s["num_val"] == 10 and 0 <= s["top1"] <= 1 for s in scores.values())
+    assert (out / "utilization.png").stat().st_size > 1000 and (out / "reconstruction.png").stat().st_size > 1000
+    text = (out / "report.md").read_text()
+    assert "| VQGAN-LC |" in text and "| VQGAN |" in text and "classification top-1" in text
+    assert json.loads((out / "report.json").read_text())["combinations_trained"] == 2
+
+
+def test_a_rerun_skips_finished_combinations_and_refuses_other_settings(finished, monkeypatch):
+    out, report = finished
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a finished combination was trained again")
+
+    monkeypatch.setattr("vqgan_lc.tokenizer.training.train_tokenizer", no_training)
+    again = run_study(tiny(out, quantizers=("lc", "vq")))
+    assert again["combinations_trained"] == 0
+    assert [r["psnr"] for r in again["combinations"]] == [r["psnr"] for r in report["combinations"]]
+    with pytest.raises(ValueError, match="steps"):
+        run_study(tiny(out, quantizers=("lc",), steps=3))
+
+
+def test_an_interrupted_training_resumes_from_its_checkpoint(tmp_path, monkeypatch):
+    from vqgan_lc.tokenizer import training
+
+    config = tiny(tmp_path / "s", quantizers=("fc",), steps=4)
+    original = training.train_tokenizer
+    monkeypatch.setattr(training, "train_tokenizer", lambda c, **kw: original(c, stop_at_step=2, **kw))
+    with pytest.raises(RuntimeError, match="stopped at step 2 of 4; rerun"):
+        study_module.run_combination(config, plan(config)[0], study_module._Features(config))
+    assert not (tmp_path / "s" / "runs" / "fc-64" / "result.json").exists()  # never scored half-trained
+    seen = {}
+
+    def record(c, **kw):
+        seen["resume"] = kw["resume"]
+        return original(c, **kw)
+
+    monkeypatch.setattr(training, "train_tokenizer", record)
+    result = run_study(config)["combinations"][0]
+    assert seen["resume"] is not None and result["resumed"] is True
+
+
+@pytest.mark.parametrize("ablation, series", [
+    ("init", ["gaussian", "random-select", "kmeans"]),
+    ("projector", ["static", "frozen", "trainable"]),
+    ("dim", ["d2", "d4"]),
+])
+def test_each_ablation_plans_the_intended_tokenizers(ablation, series, tmp_path):
+    config = tiny(tmp_path, ablation=ablation)
+    combos = plan(config)
+    assert [c.series for c in combos] == series
+    # the variant equal to the main sweep's VQGAN-LC shares its folder: trained once for all tables
+    assert sum(c.name == "lc-64" for c in combos) == 1
+    codebook = torch.randn(64, 112)
+    for combo in combos:
+        model = VQModel(tokenizer_train_config(config, combo, tmp_path, None).model, codebook)
+        q = model.quantizer
+        assert model.num_codes == 64 and q.dim == combo.dim
+        if combo.series == "static":
+            assert isinstance(q.projector, torch.nn.Identity) and q.dim == 112 and not q.codebook.requires_grad
+        if combo.series == "trainable":
+            assert isinstance(q.codebook, torch.nn.Parameter) and q.codebook.requires_grad
+        if combo.series in ("frozen", "kmeans", "d4", "gaussian", "random-select"):
+            assert isinstance(q.projector, torch.nn.Linear) and "codebook" in dict(q.named_buffers())
+    assert {c.codebook for c in combos} == ({"gaussian", "random-select", "global"} if ablation == "init" else {"global"})
+    if ablation == "dim":
+        assert [c.dim for c in combos] == [2, 4]
+
+
+@pytest.mark.parametrize("ablation", ["init", "projector", "dim"])
+def test_each_ablation_flag_runs_on_a_tiny_case(ablation, finished, capsys):
+    out, _ = finished  # shares lc-64 with the main sweep: only the other variants train
+    assert main(["study", "--out", str(out), "--sizes", "64", "--ablation", ablation, "--set", *TINY,
+                 "progress=false"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["config"]["ablation"] == ablation
+    assert [r["series"] for r in report["combinations"]] == [c.series for c in plan(tiny(out, ablation=ablation))]
+    assert report["combinations_trained"] == len(report["combinations"]) - 1  # lc-64 was reused
+    assert f"{ablation} ablation" in capsys.readouterr().out
+    if ablation == "init":
+        assert (out / "codebooks" / "gaussian-64.safetensors").is_file()
+
+
+def test_bad_settings_fail_in_one_line(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["study", "--out", str(tmp_path), "--quantizers", "lc,xx"])
+    assert exit_.value.code == 2 and "choose from lc,vq,fc,ema" in capsys.readouterr().err
+    assert main(["study", "--out", str(tmp_path), "--sizes", "70000", "--set", "codebook_crops=8"]) == 2
+    assert "raise codebook_crops" in capsys.readouterr().err

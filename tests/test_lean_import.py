@@ -76,7 +76,7 @@ def test_a_missing_demo_extra_is_one_line_naming_it(monkeypatch, tmp_path, modul
 
     if module == "matplotlib":
         monkeypatch.setitem(sys.modules, "matplotlib", None)  # what an uninstalled package looks like to import
-        call = demo._pyplot
+        call = lambda: demo.pyplot("the demo plots utilization")  # noqa: E731
     elif module == "mlxtend.data":
         monkeypatch.setitem(sys.modules, "mlxtend", None)
         monkeypatch.setitem(sys.modules, "mlxtend.data", None)

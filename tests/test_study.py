@@ -14,7 +14,8 @@ TINY = ["autoencoder.resolution=32", "autoencoder.ch=8", "autoencoder.ch_mult=1,
         "autoencoder.norm_groups=4", "autoencoder.attn_resolutions=", "loss.perceptual=none", "steps=2",
         "batch_size=4", "train_crops=8", "codebook_crops=8", "codebook_crop_size=64", "kmeans_iters=2",
         "eval_crops=2", "usage_crops=4", "fd_image_size=32", "low_dim=4", "dims=2,4", "classifier.width=16",
-        "classifier.depth=1", "classifier.heads=2", "classify_epochs=1", "classify_per_class=3", "classify_batch_size=8"]
+        "classifier.depth=1", "classifier.heads=2", "classify_epochs=1", "classify_per_class=3",
+        "classify_batch_size=8"]
 
 
 def tiny(out, **fields) -> StudyConfig:
@@ -108,7 +109,8 @@ def test_each_ablation_plans_the_intended_tokenizers(ablation, series, tmp_path)
             assert isinstance(q.codebook, torch.nn.Parameter) and q.codebook.requires_grad
         if combo.series in ("frozen", "kmeans", "d4", "gaussian", "random-select"):
             assert isinstance(q.projector, torch.nn.Linear) and "codebook" in dict(q.named_buffers())
-    assert {c.codebook for c in combos} == ({"gaussian", "random-select", "global"} if ablation == "init" else {"global"})
+    modes = {"gaussian", "random-select", "global"} if ablation == "init" else {"global"}
+    assert {c.codebook for c in combos} == modes
     if ablation == "dim":
         assert [c.dim for c in combos] == [2, 4]
 

@@ -20,6 +20,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from .data import build_dataset, collate_skip_corrupt
+from .evaluate.grid import pyplot
 from .files import atomic_path, atomic_write_json, atomic_write_text
 from .tokenizer.config import get_preset
 from .tokenizer.losses import LossConfig
@@ -107,19 +108,8 @@ def _comparison_grid(models: dict, cfg: DemoConfig, path: Path, count: int = 8) 
     save_grid(torch.cat(rows), path, nrow=len(originals))
 
 
-def _pyplot():
-    """matplotlib's pyplot (the [demo] extra, not a core dependency) on the file-only Agg backend."""
-    try:
-        import matplotlib
-    except ImportError:
-        raise RuntimeError("the demo plots utilization with matplotlib: pip install 'vqgan-lc[demo]'") from None
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    return plt
-
-
 def _plot_usage(curves: dict[str, list[dict]], path: Path) -> None:
-    plt = _pyplot()
+    plt = pyplot("the demo plots utilization")
 
     fig, ax = plt.subplots(figsize=(6, 3.5), dpi=120)
     for name, curve in curves.items():
@@ -145,7 +135,7 @@ def _markdown(report: dict) -> str:
 
 
 def run_demo(cfg: DemoConfig) -> dict:
-    _pyplot()  # a missing extra is reported before minutes of training, not after
+    pyplot("the demo plots utilization")  # a missing extra is reported before minutes of training, not after
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()

@@ -44,6 +44,7 @@ from pathlib import Path
 from .classify.data import LABELLED_SETS
 from .classify.model import TokenClassifierConfig, classifier_preset
 from .config import Config
+from .evaluate.grid import pyplot
 from .files import atomic_path, atomic_write_json, atomic_write_text
 from .tokenizer.config import AutoencoderConfig, get_preset
 from .tokenizer.losses import LossConfig
@@ -74,7 +75,9 @@ class StudyConfig(Config):
     ablation: str = "none"           # "none" | "init" (Table 6) | "projector" (Table 10) | "dim" (Table 11)
     dims: tuple[int, ...] = (4, 8, 16, 64)  # D' of the dim ablation
     # --- one training budget for every combination ---
-    steps: int = 100
+    # 128 steps of 16 = one pass over the 2,048 train crops; with the evaluation, about 40 minutes
+    # for the 16 default combinations on 2 idle cores (README, "Study")
+    steps: int = 128
     batch_size: int = 16
     lr: float = 1e-3
     low_dim: int = 8                 # D' of LC and FC (the paper's f16: 8); VQ and EMA use z_channels (paper: 256)
@@ -92,7 +95,7 @@ class StudyConfig(Config):
     fd_image_size: int = 64
     # --- classification on token maps (`--classify`) ---
     classify: tuple[str, ...] = ()   # labelled sets: "mnist" and/or "photos" (classify/data.py); () = off
-    classifier: TokenClassifierConfig = field(default_factory=lambda: classifier_preset("vit-tiny"))
+    classifier: TokenClassifierConfig = field(default_factory=lambda: classifier_preset("vit-micro"))
     classify_epochs: int = 4
     classify_batch_size: int = 64
     classify_lr: float = 1e-3
@@ -136,7 +139,8 @@ class StudyConfig(Config):
         vectors = self.codebook_crops * (self.codebook_crop_size // FEATURE_STRIDE) ** 2
         if self._needs_kmeans() and vectors < max(self.sizes):
             raise ValueError(f"{self.codebook_crops} codebook crops of {self.codebook_crop_size} px give {vectors} "
-                             f"feature vectors, fewer than the {max(self.sizes)} entries asked for; raise codebook_crops")
+                             f"feature vectors, fewer than the {max(self.sizes)} entries asked for; "
+                             "raise codebook_crops")
         unknown = sorted(set(self.classify) - set(LABELLED_SETS))
         if unknown:
             raise ValueError(f"classify sets must be chosen from {','.join(LABELLED_SETS)}, got {','.join(unknown)}")
@@ -366,8 +370,9 @@ def run_combination(cfg: StudyConfig, combo: Combination, features: _Features) -
         if done.get("spec") == spec:
             log.info("%s: finished earlier, skipped", combo.name)
             return done
-        raise ValueError(f"{folder} was trained with other settings ({', '.join(_differences(done.get('spec', {}), spec))} "
-                         f"differ); choose another --out, or delete {folder} to retrain it")
+        differ = _differences(done.get("spec", {}), spec)
+        raise ValueError(f"{folder} was trained with other settings ({', '.join(differ)} differ); choose another "
+                         f"--out, or delete {folder} to retrain it")
     codebook = ensure_codebook(cfg, combo.codebook, combo.size, features) if combo.codebook else None
     train_config = tokenizer_train_config(cfg, combo, folder, codebook)
     resume = None
@@ -425,16 +430,6 @@ def classify_all(cfg: StudyConfig, results: list[dict]) -> dict:
 
 # --- report ----------------------------------------------------------------------------------------
 
-def _pyplot():
-    try:
-        import matplotlib
-    except ImportError:
-        raise RuntimeError("the study plots with matplotlib: pip install 'vqgan-lc[demo]'") from None
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    return plt
-
-
 def _series(results: list[dict]) -> dict[str, list[dict]]:
     grouped: dict[str, list[dict]] = {}
     for r in results:
@@ -449,7 +444,7 @@ def _save(fig, path: Path) -> None:
 
 def plot_utilization(results: list[dict], path: Path) -> None:
     """Utilization against codebook size, one line per quantizer (the paper's Figure 1a)."""
-    plt = _pyplot()
+    plt = pyplot("the study plots")
     fig, ax = plt.subplots(figsize=(6, 3.8), dpi=120)
     for rows in _series(results).values():
         ax.plot([r["size"] for r in rows], [100 * r["utilization"] for r in rows], marker="o", label=rows[0]["label"])
@@ -470,7 +465,7 @@ def plot_utilization(results: list[dict], path: Path) -> None:
 
 def plot_reconstruction(results: list[dict], path: Path) -> None:
     """PSNR and FD-lite0 against codebook size, one line per quantizer."""
-    plt = _pyplot()
+    plt = pyplot("the study plots")
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), dpi=120)
     sizes = sorted({r["size"] for r in results})
     for key, ax, title in (("psnr", axes[0], "PSNR (dB), higher is better"),
@@ -518,9 +513,9 @@ def markdown(report: dict) -> str:
     rows = ["| model | N | D' | utilization | entries used | tokens / entry | PSNR | SSIM | perceptual-lite0 | "
             "FD-lite0 | train s |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
-        rows.append(f"| {r['label']} | {r['size']:,} | {r['dim']} | {100 * r['utilization']:.1f}% | {r['num_used']:,} | "
-                    f"{r['tokens_per_entry']:.1f} | {r['psnr']:.2f} | {r['ssim']:.3f} | {r['perceptual']:.3f} | "
-                    f"{r['fd_lite0']:.1f} | {r['train_seconds']:.0f} |")
+        rows.append(f"| {r['label']} | {r['size']:,} | {r['dim']} | {100 * r['utilization']:.1f}% | "
+                    f"{r['num_used']:,} | {r['tokens_per_entry']:.1f} | {r['psnr']:.2f} | {r['ssim']:.3f} | "
+                    f"{r['perceptual']:.3f} | {r['fd_lite0']:.1f} | {r['train_seconds']:.0f} |")
     parts.append("\nEvery combination:\n")
     parts.append("\n".join(rows))
     parts.append(f"\n\n{report['protocol']}\n\n{report['seconds']:.0f} s for this invocation "
@@ -529,8 +524,8 @@ def markdown(report: dict) -> str:
 
 
 def _losses(loss: LossConfig) -> str:
-    terms = [loss.reconstruction.upper()] + ([loss.perceptual] if loss.perceptual != "none" else []) + ["quantizer loss"]
-    return " + ".join(terms)
+    perceptual = [loss.perceptual] if loss.perceptual != "none" else []
+    return " + ".join([loss.reconstruction.upper(), *perceptual, "quantizer loss"])
 
 
 def _protocol(cfg: StudyConfig) -> str:
@@ -554,7 +549,7 @@ def run_study(cfg: StudyConfig) -> dict:
     from .files import DirectoryLock, check_writable_dir
 
     cfg.validate()
-    _pyplot()  # a missing extra is reported before an hour of training, not after
+    pyplot("the study plots")  # a missing extra is reported before an hour of training, not after
     out = check_writable_dir(cfg.out_dir)
     lock = DirectoryLock(out).acquire()
     try:
@@ -567,7 +562,8 @@ def run_study(cfg: StudyConfig) -> dict:
             before = (out / "runs" / combo.name / RESULT_NAME).is_file()
             result = run_combination(cfg, combo, features)
             # a shared folder (an ablation variant equal to the main LC) keeps this table's label
-            results.append({**result, "series": combo.series, "label": combo.label})
+            shown = {k: v for k, v in result.items() if k != "spec"}  # the settings live in the run folder
+            results.append({**shown, "series": combo.series, "label": combo.label})
             trained += not before
         report = {"config": _json(cfg.to_dict()), "combinations": results, "protocol": _protocol(cfg),
                   "combinations_trained": trained}

@@ -65,7 +65,9 @@ def _preset(**kw: Any) -> Callable[[], TokenClassifierConfig]:
 
 
 CLASSIFIER_PRESETS: dict[str, Callable[[], TokenClassifierConfig]] = {
-    # minutes on a CPU: what `vqgan-lc study --classify` trains for every tokenizer
+    # about a minute per tokenizer on a CPU: what `vqgan-lc study --classify` trains for each one
+    "vit-micro": _preset(width=64, depth=2, heads=4),
+    # minutes on a CPU: the `vqgan-lc classify` default
     "vit-tiny": _preset(width=128, depth=4, heads=4),
     "vit-small": _preset(width=384, depth=12, heads=6),
     # the paper's classifier size (ViT-B: 86M parameters in the transformer)

@@ -10,14 +10,9 @@ from __future__ import annotations
 from . import common
 
 
-class _ClassifyParser(common.OneLineParser):
-    """`classify --help` also lists the `--set` keys of the classifier's training config."""
-
-    def format_help(self) -> str:
-        from ..classify.training import ClassifierTrainConfig
-        keys = common.print_config_keys(ClassifierTrainConfig, "--set keys (model.* reach the ViT, e.g. model.depth=6; "
-                                        "num_codes, grid, num_classes and code_dim come from the caches):")
-        return super().format_help() + "\n" + keys + "\n"
+_ClassifyParser = common.parser_listing_keys("vqgan_lc.classify.training:ClassifierTrainConfig",
+                                             "--set keys (model.* reach the ViT, e.g. model.depth=6; "
+                                             "num_codes, grid, num_classes and code_dim come from the caches):")
 
 
 def register(sub) -> None:
@@ -29,7 +24,8 @@ def register(sub) -> None:
                    "or demo:train:N (crops labelled by photo)")
     p.add_argument("--val", required=True, help="held-out labelled images, in the same classes")
     p.add_argument("--out", required=True, help="output folder: token caches, the run, report.json (resumable)")
-    p.add_argument("--preset", default="vit-tiny", help="classifier size: vit-tiny (CPU), vit-small, vit-b (the paper's)")
+    p.add_argument("--preset", default="vit-tiny",
+                   help="classifier size: vit-micro, vit-tiny (CPU), vit-small, vit-b (the paper's ViT-B)")
     p.add_argument("--embed", choices=("codebook", "index"), default="codebook",
                    help="token -> vector: the tokenizer's codebook entry through a learned linear layer (default), "
                         "or a learned embedding row per token id")

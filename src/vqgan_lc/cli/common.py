@@ -142,3 +142,18 @@ def resumed_config(saved, run: str, overrides: list[str], requested=None):
         raise ValueError(f"--resume {run}: {', '.join(changed)} differ(s) from the saved run; a resumed run keeps "
                          f"its configuration (only {', '.join(RESUME_SAFE_FIELDS[:-1])} may change)")
     return config.validate()
+
+
+def parser_listing_keys(config_class: str, title: str) -> type[argparse.ArgumentParser]:
+    """A parser class whose `--help` ends with every `--set` key of `config_class` ("module:Name",
+    imported only when help is asked for, so building the parser stays cheap)."""
+
+    class KeysHelpParser(OneLineParser):
+        def format_help(self) -> str:
+            import importlib
+
+            module, name = config_class.split(":")
+            keys = print_config_keys(getattr(importlib.import_module(module), name), title)
+            return super().format_help() + "\n" + keys + "\n"
+
+    return KeysHelpParser

@@ -12,14 +12,8 @@ import argparse
 from . import common
 
 
-class _TrainGenParser(common.OneLineParser):
-    """`train-gen --help` also lists the `--set` keys of the training config."""
-
-    def format_help(self) -> str:
-        from ..generate.training import GeneratorTrainConfig
-        keys = common.print_config_keys(GeneratorTrainConfig, "--set keys (model.* reach the architecture, e.g. "
-                                        "model.n_layer=6):")
-        return super().format_help() + "\n" + keys + "\n"
+_TrainGenParser = common.parser_listing_keys("vqgan_lc.generate.training:GeneratorTrainConfig",
+                                             "--set keys (model.* reach the architecture, e.g. model.n_layer=6):")
 
 
 def _classes(text: str) -> tuple[int, ...]:

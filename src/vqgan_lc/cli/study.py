@@ -1,7 +1,7 @@
 """`vqgan-lc study`: every quantizer at every codebook size on the same data and budget, or a
 paper ablation, with a report, tables and plots; resumable.
 
-    vqgan-lc study --out runs/study [--sizes 1024,4096,16384,65536] [--quantizers lc,vq,fc,ema] [--steps 100]
+    vqgan-lc study --out runs/study [--sizes 1024,4096,16384,65536] [--quantizers lc,vq,fc,ema] [--steps 128]
     vqgan-lc study --out runs/study --ablation init|projector|dim
     vqgan-lc study --out runs/study --classify mnist,photos
 """
@@ -32,14 +32,9 @@ def _names(choices: tuple[str, ...]):
     return parse
 
 
-class _StudyParser(common.OneLineParser):
-    """`study --help` also lists the `--set` keys of the study's config."""
-
-    def format_help(self) -> str:
-        from ..study import StudyConfig
-        keys = common.print_config_keys(StudyConfig, "--set keys (autoencoder.*, loss.* and classifier.* reach the "
-                                        "shared architecture, losses and token-map ViT):")
-        return super().format_help() + "\n" + keys + "\n"
+_StudyParser = common.parser_listing_keys("vqgan_lc.study:StudyConfig",
+                                          "--set keys (autoencoder.*, loss.* and classifier.* reach the "
+                                          "shared architecture, losses and token-map ViT):")
 
 
 def register(sub) -> None:
@@ -49,7 +44,8 @@ def register(sub) -> None:
     p.add_argument("--out", required=True, help="study folder (a rerun skips finished combinations)")
     p.add_argument("--sizes", type=_ints, help="codebook sizes (default 1024,4096,16384,65536)")
     p.add_argument("--quantizers", type=_names(("lc", "vq", "fc", "ema")), help="default lc,vq,fc,ema")
-    p.add_argument("--steps", type=common.positive_int, help="training steps per combination (default 100)")
+    p.add_argument("--steps", type=common.positive_int,
+                   help="training steps per combination (default 128: one pass over the 2,048 train crops)")
     p.add_argument("--ablation", choices=("init", "projector", "dim"),
                    help="init: Gaussian / random-select / k-means codebook (Table 6); projector: static codebook, "
                         "projector + frozen, projector + trainable (Table 10); dim: D' of 4, 8, 16, 64 (Table 11)")

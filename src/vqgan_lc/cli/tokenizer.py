@@ -3,14 +3,8 @@ from __future__ import annotations
 
 from . import common
 
-class _TrainParser(common.OneLineParser):
-    """`train --help` also lists every `--set` key with its type and default."""
-
-    def format_help(self) -> str:
-        from ..tokenizer.training import TokenizerTrainConfig
-        keys = common.print_config_keys(TokenizerTrainConfig, "--set keys (type, default of the base config; "
-                                        "recipes change some defaults):")
-        return super().format_help() + "\n" + keys + "\n"
+_TrainParser = common.parser_listing_keys("vqgan_lc.tokenizer.training:TokenizerTrainConfig",
+                                          "--set keys (type, default of the base config; recipes change some defaults):")
 
 
 def register(sub) -> None:

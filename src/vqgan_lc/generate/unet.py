@@ -198,6 +198,15 @@ class TransformerBlock(nn.Module):
         return x + self.ff(self.norm3(x))
 
 
+class Downsample(nn.Module):
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, stride=2, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x)
+
+
 class SpatialTransformer(nn.Module):
     """A transformer block over the H*W positions of a feature map, as a zero-initialised residual."""
 
@@ -214,15 +223,6 @@ class SpatialTransformer(nn.Module):
         h = self.block(h.flatten(2).transpose(1, 2), context)          # (B, HW, C)
         h = h.transpose(1, 2).unflatten(2, (height, width))
         return x + self.proj_out(h)
-
-
-class Downsample(nn.Module):
-    def __init__(self, channels: int):
-        super().__init__()
-        self.conv = nn.Conv2d(channels, channels, 3, stride=2, padding=1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv(x)
 
 
 class Stage(nn.ModuleList):

@@ -66,7 +66,7 @@ class TrainingTask(ABC):
     collate = None  # DataLoader collate_fn; None = torch's default
 
     def setup(self, env: DistEnv) -> None:
-        """Called first, once the process group and device are known (e.g. to move loss networks)."""
+        """Called once the process group, device and model exist (e.g. to build and move loss networks)."""
 
     def training_module(self, model: PretrainedModel) -> nn.Module:
         """What DDP wraps: a module whose forward computes what `train_step` differentiates."""
@@ -241,10 +241,11 @@ def run_training(task: TrainingTask, *, resume: str | os.PathLike | None = None,
 
 def _train(task, config, env, out_dir, resume, stop_at_step, progress) -> TrainResult:
     torch.manual_seed(config.seed)  # identical initialisation on every rank, and in every run of a config
-    task.setup(env)
 
-    # model, EMA, the family's extra modules, optimizers
+    # model, EMA, the family's extra modules, optimizers (in this order: the RNG draws, and so
+    # the initial weights, are those of every earlier version of a run with this config)
     model = task.build_model().to(env.device)
+    task.setup(env)
     extras = {name: m.to(env.device) for name, m in task.extra_modules().items()}
     ema = copy.deepcopy(model).requires_grad_(False).eval() if config.ema_decay else None
     optimizers = task.build_optimizers(model)

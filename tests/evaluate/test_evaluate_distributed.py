@@ -1,10 +1,7 @@
 """`vqgan-lc eval` under torchrun: each rank evaluates a slice, the merged report equals one process."""
 import json
-import os
-import socket
 
 import torch
-import torch.multiprocessing as mp
 
 from vqgan_lc.evaluate.evaluator import EvalConfig, evaluate_checkpoint
 from vqgan_lc.quantize import QuantizerConfig
@@ -20,22 +17,12 @@ def _config() -> EvalConfig:
                       grid_images=4, dataset="demo:eval:12")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _worker(rank, world, port, checkpoint, out):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
-                      LOCAL_RANK=str(rank))
-    torch.set_num_threads(1)
+def _worker(rank, checkpoint, out):
     report = evaluate_checkpoint(checkpoint, "demo:eval:12", out, _config(), device="cpu", progress=False)
     assert (report is None) == (rank != 0)  # only the main process returns (and writes) the report
-    torch.distributed.destroy_process_group()
 
 
-def test_two_process_eval_equals_one_process(tmp_path):
+def test_two_process_eval_equals_one_process(tmp_path, run_ranks):
     torch.manual_seed(0)
     ae = AutoencoderConfig(resolution=32, ch=8, ch_mult=(1, 2, 2), num_res_blocks=1, attn_resolutions=(),
                            z_channels=8, norm_groups=4)
@@ -43,15 +30,7 @@ def test_two_process_eval_equals_one_process(tmp_path):
         tmp_path / "tok")
     single = evaluate_checkpoint(str(tmp_path / "tok"), "demo:eval:12", tmp_path / "one", _config(), device="cpu",
                                  progress=False)
-    ctx = mp.get_context("spawn")
-    port = _free_port()
-    procs = [ctx.Process(target=_worker, args=(r, 2, port, str(tmp_path / "tok"), str(tmp_path / "two")))
-             for r in range(2)]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(timeout=300)
-        assert p.exitcode == 0
+    run_ranks(_worker, str(tmp_path / "tok"), str(tmp_path / "two"))
     merged = json.loads((tmp_path / "two" / "report.json").read_text())
     assert merged["num_images"] == single["num_images"] == 12
     for key in KEYS:

@@ -1,12 +1,9 @@
 """Cache -> train-gen -> sample for every generator family, through the library and the CLI."""
 import json
-import os
-import socket
 
 import numpy as np
 import pytest
 import torch
-import torch.multiprocessing as mp
 from PIL import Image
 
 from vqgan_lc.cli import main
@@ -113,31 +110,14 @@ def test_the_four_commands_and_their_errors(setup, tmp_path, capsys):
     assert main(["train-gen", "--resume", str(tmp_path / "run"), "--set", "max_steps=3"]) == 0
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _ddp_worker(rank, world, port, cache, out):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
-                      LOCAL_RANK=str(rank))
-    torch.set_num_threads(1)
+def _ddp_worker(rank, cache, out):
     config = generator_config("gpt-tiny", cache, out, [*TINY_GEN, "max_steps=3", "batch_size=2", "device=cpu"])
     result = train_generator(config, progress=False)
     torch.save(result.model.state_dict(), f"{out}/rank{rank}.pt")
-    torch.distributed.destroy_process_group()
 
 
-def test_two_process_gloo_ddp_keeps_generator_ranks_identical(setup, tmp_path):
-    ctx = mp.get_context("spawn")
-    port = _free_port()
-    procs = [ctx.Process(target=_ddp_worker, args=(r, 2, port, str(setup / "tokens"), str(tmp_path))) for r in range(2)]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(timeout=300)
-        assert p.exitcode == 0
+def test_two_process_gloo_ddp_keeps_generator_ranks_identical(setup, tmp_path, run_ranks):
+    run_ranks(_ddp_worker, str(setup / "tokens"), str(tmp_path))
     r0, r1 = (torch.load(tmp_path / f"rank{r}.pt") for r in range(2))
     assert all(torch.equal(r0[k], r1[k]) for k in r0)
     assert (tmp_path / "generator" / "model.safetensors").is_file()
@@ -148,32 +128,20 @@ TINY_LATENT = {"dit-tiny": ["model.depth=1", "model.hidden_size=32", "model.num_
                "ldm-tiny": ["model.model_channels=16", "model.norm_groups=8"]}
 
 
-def _ddp_latent_worker(rank, world, port, preset, cache, out):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
-                      LOCAL_RANK=str(rank))
-    torch.set_num_threads(1)
+def _ddp_latent_worker(rank, preset, cache, out):
     # No EMA: after 3 steps an EMA of 0.9999 would still be the (seeded, identical) initial weights.
     config = generator_config(preset, cache, out, [*TINY_LATENT[preset], "max_steps=3", "batch_size=2",
                                                    "device=cpu", "ema_decay=none", "lr=1e-3"])
     result = train_generator(config, progress=False)
     torch.save(result.model.state_dict(), f"{out}/rank{rank}.pt")
-    torch.distributed.destroy_process_group()
 
 
 @pytest.mark.parametrize("preset", sorted(TINY_LATENT))
-def test_two_process_gloo_ddp_keeps_latent_generator_ranks_identical(setup, tmp_path, preset):
+def test_two_process_gloo_ddp_keeps_latent_generator_ranks_identical(setup, tmp_path, preset, run_ranks):
     """Each rank draws its own items, noise and times; only the all-reduce keeps them in step."""
     from vqgan_lc.generate.training import build_generator
 
-    ctx = mp.get_context("spawn")
-    port = _free_port()
-    procs = [ctx.Process(target=_ddp_latent_worker, args=(r, 2, port, preset, str(setup / "latents"), str(tmp_path)))
-             for r in range(2)]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(timeout=300)
-        assert p.exitcode == 0
+    run_ranks(_ddp_latent_worker, preset, str(setup / "latents"), str(tmp_path))
     r0, r1 = (torch.load(tmp_path / f"rank{r}.pt") for r in range(2))
     assert r0.keys() == r1.keys()
     assert all(torch.equal(r0[k], r1[k]) for k in r0)

@@ -5,7 +5,7 @@ from vqgan_lc.cli import main
 from vqgan_lc.demo import DemoConfig, run_demo
 
 FIELDS = ["codebook_size", "utilization", "perplexity", "psnr", "psnr_y", "ssim", "perceptual", "perceptual_name",
-          "fd_lite0", "num_images"]
+          "fd_lite0", "num_images", "utilization_train", "num_tokens_train", "top1_share"]
 
 
 def test_quick_demo_writes_report_models_grids_and_plot(tmp_path):
@@ -22,6 +22,12 @@ def test_quick_demo_writes_report_models_grids_and_plot(tmp_path):
         assert entry["num_tokens"] >= cfg.tokens_per_entry * cfg.codebook_size
         assert (out / name / "eval" / "reconstructions.png").is_file()
         assert report["usage_curves"][name]
+        assert entry["num_tokens_train"] == entry["num_tokens"]  # both windows hold the same number of tokens
+    lc = report["models"]["vqgan-lc"]
+    # the codebook's own reach over the same crops, beside the LC tokenizer's utilization
+    assert 0 < lc["ceiling"] <= 1 and 0 < lc["ceiling_train"] <= 1
+    assert report["ceilings"]["eval"]["num_tokens"] == lc["num_tokens"]
+    assert "ceiling" not in report["models"]["vqgan"]
     assert report["codebook"]["backbone"] == "efficientnet-lite0"
     assert (out / "utilization.png").stat().st_size > 1000
     assert (out / "comparison.png").is_file()

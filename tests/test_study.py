@@ -115,6 +115,17 @@ def test_each_ablation_plans_the_intended_tokenizers(ablation, series, tmp_path)
         assert [c.dim for c in combos] == [2, 4]
 
 
+def test_every_quantizer_trains_at_the_same_quantizer_lr_scale(tmp_path):
+    """The study's projector / codebook rate multiplier reaches every combination alike (a fair
+    comparison), and a changed multiplier is a changed setting for a finished combination."""
+    config = tiny(tmp_path, quantizers=("lc", "vq", "fc", "ema"), quantizer_lr_scale=7.0)
+    assert {tokenizer_train_config(config, c, tmp_path, None).quantizer_lr_scale for c in plan(config)} == {7.0}
+    other = tiny(tmp_path, quantizer_lr_scale=1.0)
+    combo = plan(config)[0]
+    assert (study_module.combination_spec(config, combo)["train"]["quantizer_lr_scale"]
+            != study_module.combination_spec(other, combo)["train"]["quantizer_lr_scale"])
+
+
 @pytest.mark.parametrize("ablation", ["init", "projector", "dim"])
 def test_each_ablation_flag_runs_on_a_tiny_case(ablation, finished, capsys):
     out, _ = finished  # shares lc-64 with the main sweep: only the other variants train

@@ -80,6 +80,7 @@ class StudyConfig(Config):
     steps: int = 128
     batch_size: int = 16
     lr: float = 1e-3
+    quantizer_lr_scale: float = 30.0  # the LC projector / VQ-FC codebook learn 30x faster (docs/utilization.md)
     low_dim: int = 8                 # D' of LC and FC (the paper's f16: 8); VQ and EMA use z_channels (paper: 256)
     autoencoder: AutoencoderConfig = field(default_factory=_tiny_autoencoder)  # 64 px, f8: 8x8 tokens
     # No GAN: a few hundred CPU steps are far too few for it to help (the demo's choice too).
@@ -215,7 +216,8 @@ def tokenizer_train_config(cfg: StudyConfig, combo: Combination, out_dir: Path, 
     model = TokenizerConfig(copy.deepcopy(cfg.autoencoder), quantizer)
     return TokenizerTrainConfig(
         model=model, codebook=str(codebook) if codebook is not None else None, data=f"demo:train:{cfg.train_crops}",
-        batch_size=cfg.batch_size, lr=cfg.lr, max_steps=cfg.steps, warmup_epochs=0.0, loss=copy.deepcopy(cfg.loss),
+        batch_size=cfg.batch_size, lr=cfg.lr, quantizer_lr_scale=cfg.quantizer_lr_scale, max_steps=cfg.steps,
+        warmup_epochs=0.0, loss=copy.deepcopy(cfg.loss),
         seed=cfg.seed, out_dir=str(out_dir), save_every=max(cfg.steps // 2, 1), image_every=cfg.steps,
         usage_every=max(cfg.steps // 10, 1), log_every=10, device=cfg.device).validate()
 

@@ -46,7 +46,7 @@ def test_usage_stats_on_hand_made_counts():
     half_used = usage_stats(torch.tensor([2, 2, 0, 0]))
     assert half_used == pytest.approx({
         "utilization": 0.5, "perplexity": 2.0, "normalized_entropy": 0.5,
-        "num_tokens": 4, "num_used": 2, "codebook_size": 4,
+        "num_tokens": 4, "num_used": 2, "codebook_size": 4, "top1_share": 0.5,
     })
     uniform = usage_stats(torch.full((8,), 3))
     assert uniform["utilization"] == 1.0
@@ -57,6 +57,9 @@ def test_usage_stats_on_hand_made_counts():
     assert skewed["perplexity"] == pytest.approx(math.exp(entropy))
     assert skewed["normalized_entropy"] == pytest.approx(entropy / math.log(4))
     assert skewed["num_tokens"] == 4 and skewed["num_used"] == 3
+    assert skewed["top1_share"] == 0.5  # the single most used entry (1% of 4 rounds up to one) holds 2 of 4
+    skewed_200 = usage_stats(torch.tensor([50, 50] + [1] * 198))  # 1% of 200 entries = the top 2: 100 of 298
+    assert skewed_200["top1_share"] == pytest.approx(100 / 298)
 
 
 def test_usage_stats_edge_cases():

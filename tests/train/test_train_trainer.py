@@ -222,3 +222,18 @@ def test_a_short_run_logs_its_first_and_last_step_with_the_default_log_every(tmp
     events = EventAccumulator(str(tmp_path / "run" / "tensorboard"))
     events.Reload()
     assert [e.step for e in events.Scalars("train/total")] == [1, 5]
+
+
+def test_quantizer_lr_scale_multiplies_the_schedule_for_the_projector_only(tmp_path):
+    """The LC projector gets `quantizer_lr_scale` x the scheduled rate at every step (warm-up and
+    cosine alike), the rest of the tokenizer the schedule itself; 1.0 keeps one group."""
+    scaled = train(tiny_config(tmp_path / "scaled", quantizer_lr_scale=10.0, max_steps=4), progress=False)
+    groups = load_train_state(tmp_path / "scaled")["optimizers"]["tokenizer"]["param_groups"]
+    assert len(groups) == 2
+    projector = [p for p in scaled.model.quantizer.parameters() if p.requires_grad]
+    assert len(groups[1]["params"]) == len(projector) == 2  # weight and bias
+    assert groups[1]["lr"] == pytest.approx(10 * groups[0]["lr"]) and groups[0]["lr"] > 0
+    train(tiny_config(tmp_path / "plain", max_steps=4), progress=False)
+    assert len(load_train_state(tmp_path / "plain")["optimizers"]["tokenizer"]["param_groups"]) == 1
+    with pytest.raises(ValueError, match="quantizer_lr_scale must be > 0"):
+        tiny_config(tmp_path / "bad", quantizer_lr_scale=0.0).validate()

@@ -1,4 +1,4 @@
-"""`vqgan-lc demo`: the whole method on bundled real images, offline (8 min 20 s on 2 CPU cores).
+"""`vqgan-lc demo`: the whole method on bundled real images, offline (8.5 min on 2 CPU cores).
 
     vqgan-lc demo --out runs/demo                       # codebook + VQGAN-LC vs VQGAN on bundled photos
     vqgan-lc demo --generate gpt --out runs/demo-gpt    # class-conditional generation on MNIST digits
@@ -17,11 +17,21 @@ def _generators(text: str) -> tuple[str, ...]:
     return names
 
 
+def _tokenizers(text: str) -> tuple[str, ...]:
+    import argparse
+    names = tuple(n for n in text.split(",") if n)
+    if not names or any(n not in ("lc", "vq") for n in names):
+        raise argparse.ArgumentTypeError(f"choose tokenizers from lc,vq, got {text!r}")
+    return names
+
+
 def register(sub) -> None:
     p = sub.add_parser("demo", help="run the method end to end on bundled real images (tokenizers, or --generate)")
     p.add_argument("--out", help="output folder (default runs/demo, or runs/demo-<generators>)")
     p.add_argument("--generate", type=_generators, metavar="GEN[,GEN]",
                    help="class-conditional generation on MNIST digits with gpt, dit, sit and/or ldm (comma-separated)")
+    p.add_argument("--tokenizers", type=_tokenizers, default=("lc", "vq"), metavar="lc[,vq]",
+                   help="with --generate: the tokenizers to generate on (default lc,vq: VQGAN-LC and the VQGAN baseline)")
     p.add_argument("--quick", action="store_true", help="a reduced run for smoke tests (measured on 2 shared CPU "
                    "cores: 40 s; with --generate gpt 3 min, most of it scoring the samples)")
     p.set_defaults(func=run)
@@ -34,6 +44,7 @@ def run(args) -> int:
         from ..generate.demo import GenerationDemoConfig, run_generation_demo
         config = GenerationDemoConfig.quick(args.generate) if args.quick else GenerationDemoConfig(generators=args.generate)
         config.out_dir = args.out or f"runs/demo-{'-'.join(args.generate)}"
+        config.tokenizers = args.tokenizers
         writable_out(config.out_dir)
         run_generation_demo(config)
         return 0

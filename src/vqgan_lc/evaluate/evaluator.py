@@ -165,6 +165,7 @@ def evaluate_tokenizer(model, loader, config: EvalConfig, *, device="cpu", grid_
         "normalized_entropy": float(stats["normalized_entropy"]),
         "num_tokens": int(stats["num_tokens"]),
         "num_used": int(stats["num_used"]),
+        "top1_share": float(stats["top1_share"]),
         "tokens_per_entry": int(stats["num_tokens"]) / int(stats["codebook_size"]),
         "psnr": means[0],
         "psnr_y": means[1],
@@ -207,7 +208,7 @@ def _protocol(config: EvalConfig, report: dict, perceptual_name: str, has_rfid: 
         "rounding": "originals and reconstructions clamped to [-1, 1] and rounded to 8 bits before every metric",
         "token_window": f"whole evaluated set: {n} images, {tokens} tokens",
         "utilization": "distinct entries used at least once / codebook_size; perplexity = exp(entropy of usage); "
-        "normalized_entropy = entropy / ln(codebook_size)",
+        "normalized_entropy = entropy / ln(codebook_size); top1_share = share of tokens on the 1% most used entries",
         "psnr": "RGB, peak 255, per-image PSNR averaged over images",
         "psnr_y": "BT.601 studio-swing luma (MATLAB rgb2ycbcr Y, 16..235), peak 255, per-image average",
         "ssim": "Gaussian window 11x11 sigma 1.5, K1 0.01 K2 0.03, data range 1 on [0, 1], valid positions, "

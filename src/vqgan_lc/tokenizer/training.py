@@ -35,6 +35,12 @@ class TokenizerTrainConfig(TrainConfig):
     image_size: int | None = None      # training crop size; default: the tokenizer's resolution
     usage_every: int = 50              # steps per window of the training-utilization curve
     betas: tuple[float, float] = (0.5, 0.9)  # VQGAN's Adam betas, for both players
+    # Learning-rate multiplier for the quantizer's trained parameters (the LC projector; the VQ/FC
+    # codebook). 1.0 is the paper's single rate. In short runs the encoder's latents grow several-fold
+    # within ~100 steps while an Adam step moves each projector weight by at most ~lr, so the
+    # projected codebook lags behind the latent cloud and most entries fall outside it
+    # (docs/utilization.md measures this); the CPU recipes use 30.
+    quantizer_lr_scale: float = 1.0
 
     def check(self) -> None:
         super().check()
@@ -47,6 +53,8 @@ class TokenizerTrainConfig(TrainConfig):
                              f"{self.model.autoencoder.downsample_factor}")
         if self.usage_every < 1:
             raise ValueError(f"usage_every must be >= 1, got {self.usage_every}")
+        if not self.quantizer_lr_scale > 0:
+            raise ValueError(f"quantizer_lr_scale must be > 0, got {self.quantizer_lr_scale}")
 
 
 def _paper(preset: str) -> TokenizerTrainConfig:
@@ -63,7 +71,7 @@ def _cpu(preset: str) -> TokenizerTrainConfig:
     # Minutes on 2 CPU cores: 64 px demo crops, no GAN (it needs far more steps to help).
     return TokenizerTrainConfig(model=get_preset(preset), data="demo", batch_size=16, lr=1e-3, max_steps=300,
                                 loss=LossConfig(disc_start=10**9), save_every=100, image_every=100,
-                                log_every=10, usage_every=25)
+                                log_every=10, usage_every=25, quantizer_lr_scale=30.0)
 
 
 RECIPES: dict[str, Callable[[], TokenizerTrainConfig]] = {
@@ -111,9 +119,16 @@ class TokenizerTask(TrainingTask):
     def build_optimizers(self, model: VQModel):
         cfg = self.config
         self.usage = UsageAccumulator(model.num_codes, device=next(model.parameters()).device)
-        trainable = [p for p in model.parameters() if p.requires_grad]
+        # At the paper's single rate everything stays in one group (and one optimizer layout).
+        quantizer = [p for p in model.quantizer.parameters() if p.requires_grad] if cfg.quantizer_lr_scale != 1.0 else []
+        chosen = {id(p) for p in quantizer}
+        rest = [p for p in model.parameters() if p.requires_grad and id(p) not in chosen]
+        groups = [{"params": rest}]
+        if quantizer:  # the loop multiplies the scheduled lr by a group's lr_scale
+            groups.append({"params": quantizer, "lr": cfg.lr * cfg.quantizer_lr_scale,
+                           "lr_scale": cfg.quantizer_lr_scale})
         adam = dict(lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
-        return {"tokenizer": torch.optim.Adam(trainable, **adam),
+        return {"tokenizer": torch.optim.Adam(groups, **adam),
                 "discriminator": torch.optim.Adam(self.loss.discriminator.parameters(), **adam)}
 
     def train_step(self, ctx: StepContext, batches: list) -> dict[str, float]:

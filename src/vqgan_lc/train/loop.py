@@ -336,8 +336,8 @@ def _train(task, config, env, out_dir, resume, stop_at_step, progress) -> TrainR
                                           collate_fn=task.collate, generator=seeds))
         lr = lr_at(step, base_lr=config.lr, warmup_steps=warmup_steps, total_steps=total_steps, min_lr=config.min_lr)
         for opt in optimizers.values():
-            for group in opt.param_groups:
-                group["lr"] = lr
+            for group in opt.param_groups:  # a group may carry its own multiplier of the schedule
+                group["lr"] = lr * group.get("lr_scale", 1.0)
 
         batches = [next(loader_iter) for _ in range(config.grad_accum)]
         for batch in batches:

@@ -75,8 +75,8 @@ class StudyConfig(Config):
     ablation: str = "none"           # "none" | "init" (Table 6) | "projector" (Table 10) | "dim" (Table 11)
     dims: tuple[int, ...] = (4, 8, 16, 64)  # D' of the dim ablation
     # --- one training budget for every combination ---
-    # 128 steps of 16 = one pass over the 2,048 train crops; with the evaluation, an estimated 45
-    # minutes for the 16 default combinations on 2 idle cores (README, "Study")
+    # 128 steps of 16 = one pass over the 2,048 train crops; with the evaluation, the 16 default
+    # combinations took 38 min 24 s on 2 quiet cores (README, "Study")
     steps: int = 128
     batch_size: int = 16
     lr: float = 1e-3
@@ -534,7 +534,8 @@ def _protocol(cfg: StudyConfig) -> str:
     ae = cfg.autoencoder
     return (f"Protocol: every tokenizer has the same encoder/decoder ({cfg.image_size} px, f{ae.downsample_factor}, "
             f"ch {ae.ch}, z_channels {ae.z_channels}) and trains {cfg.steps} steps of batch {cfg.batch_size} "
-            f"(lr {cfg.lr}, Adam (0.5, 0.9), {_losses(cfg.loss)}, no GAN) on random crops "
+            f"(lr {cfg.lr}, the LC projector and the VQ/FC codebooks at {cfg.quantizer_lr_scale:g}x that rate, "
+            f"Adam (0.5, 0.9), {_losses(cfg.loss)}, no GAN) on random crops "
             f"of the bundled photos' train regions; only the quantizer differs (LC and FC: D'={cfg.low_dim}; VQ and "
             f"EMA: D'={ae.z_channels}). LC codebooks: {cfg.kmeans_iters}-iteration k-means of {BACKBONE} features "
             f"({CODEBOOK_DIM}-d) of {cfg.codebook_crops} train crops. Utilization: distinct entries used / N over "

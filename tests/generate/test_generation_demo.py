@@ -1,4 +1,4 @@
-"""`vqgan-lc demo --generate ...` in its reduced mode: the report a user is promised."""
+"""`vqgan-lc demo --generate ...` in its reduced mode (about 10 s): the report a user is promised."""
 import json
 
 import pytest
@@ -9,7 +9,6 @@ ENTRY_FIELDS = {"class_consistency", "fd_lite0", "utilization", "num_used", "num
                 "guidance_scale", "samples"}
 
 
-@pytest.mark.slow  # trains a tokenizer and a DiT, samples 3 folders and scores them: minutes on 2 cores
 def test_quick_diffusion_demo_on_lc_only_writes_guided_unguided_and_unsnapped_runs(tmp_path):
     out = tmp_path / "demo"
     assert main(["demo", "--generate", "dit", "--tokenizers", "lc", "--quick", "--out", str(out)]) == 0

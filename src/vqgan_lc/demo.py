@@ -88,19 +88,6 @@ def _train_config(cfg: DemoConfig, preset: str, out: Path, codebook: Path | None
                                 image_every=max(cfg.steps, 1), usage_every=max(cfg.steps // 10, 1), log_every=10)
 
 
-def _evaluate(model, cfg: DemoConfig, out: Path) -> dict:
-    from .evaluate.evaluator import EvalConfig, run_evaluation
-
-    data = build_dataset(f"demo:eval:{cfg.eval_crops}", cfg.image_size, train=False, seed=cfg.seed)
-    loader = DataLoader(data, batch_size=64, collate_fn=collate_skip_corrupt)
-    # FD-lite0 at the crops' own 64 px keeps the demo fast; compare it only between demo models.
-    config = EvalConfig(image_size=cfg.image_size, batch_size=64, perceptual="perceptual-lite0", fid="off",
-                        fd_image_size=cfg.image_size,
-                        dataset=f"demo held-out crops ({cfg.eval_crops} crops of the bundled photos' held-out regions)",
-                        preprocessing="random square crops of the held-out region, resized to 64 px")
-    return run_evaluation(model, loader, out, config)
-
-
 def _window(cfg: DemoConfig, split: str, size: int):
     """The fixed crops utilization is counted over: held-out crops (the evaluation set) or as many
     crops of the training region (fixed boxes, no flips, drawn apart from the training stream)."""
@@ -108,14 +95,16 @@ def _window(cfg: DemoConfig, split: str, size: int):
     return build_dataset(f"demo:{split}:{cfg.eval_crops}", size, train=False, seed=seed)
 
 
-@torch.no_grad()
-def _utilization(model, data) -> dict:
-    from .quantize.usage import UsageAccumulator
+def _evaluate(model, cfg: DemoConfig, out: Path) -> dict:
+    from .evaluate.evaluator import EvalConfig, run_evaluation
 
-    usage = UsageAccumulator(model.num_codes)
-    for batch in DataLoader(data, batch_size=64, collate_fn=collate_skip_corrupt):
-        usage.update(model.encode(batch["image"]).indices)
-    return usage.stats()
+    loader = DataLoader(_window(cfg, "eval", cfg.image_size), batch_size=64, collate_fn=collate_skip_corrupt)
+    # FD-lite0 at the crops' own 64 px keeps the demo fast; compare it only between demo models.
+    config = EvalConfig(image_size=cfg.image_size, batch_size=64, perceptual="perceptual-lite0", fid="off",
+                        fd_image_size=cfg.image_size,
+                        dataset=f"demo held-out crops ({cfg.eval_crops} crops of the bundled photos' held-out regions)",
+                        preprocessing="random square crops of the held-out region, resized to 64 px")
+    return run_evaluation(model, loader, out, config)
 
 
 def _ceilings(cfg: DemoConfig, codebook_path: Path) -> dict:
@@ -135,7 +124,7 @@ def _comparison_grid(models: dict, cfg: DemoConfig, path: Path, count: int = 8) 
     """Held-out originals (top row) above each model's reconstructions, one row per model."""
     from .evaluate.grid import save_grid
 
-    data = build_dataset(f"demo:eval:{cfg.eval_crops}", cfg.image_size, train=False, seed=cfg.seed)
+    data = _window(cfg, "eval", cfg.image_size)
     originals = torch.stack([data[i]["image"] for i in range(min(count, len(data)))])
     rows = [originals]
     with torch.no_grad():
@@ -182,6 +171,8 @@ def _markdown(report: dict) -> str:
 
 
 def run_demo(cfg: DemoConfig) -> dict:
+    from .evaluate.evaluator import token_usage
+
     pyplot("the demo plots utilization")  # a missing extra is reported before minutes of training, not after
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -199,15 +190,14 @@ def run_demo(cfg: DemoConfig) -> dict:
         result = train_tokenizer(_train_config(cfg, preset, out / name, codebook_path if name == "vqgan-lc" else None))
         report["usage_curves"][name] = result.usage_curve
         entry = _evaluate(result.model, cfg, out / name / "eval")
-        on_train = _utilization(result.model.eval(), _window(cfg, "train", cfg.image_size))
+        on_train = token_usage(result.model.eval(), DataLoader(_window(cfg, "train", cfg.image_size), batch_size=64,
+                                                               collate_fn=collate_skip_corrupt))
         entry.update({"utilization_train": on_train["utilization"], "num_used_train": on_train["num_used"],
                       "num_tokens_train": on_train["num_tokens"], "top1_share_train": on_train["top1_share"]})
         # The ceiling belongs to the k-means codebook; the baseline learns its own, so it has none (None).
-        lc = name == "vqgan-lc"
-        entry.update({"ceiling": ceilings["eval"]["utilization"] if lc else None,
-                      "ceiling_train": ceilings["train"]["utilization"] if lc else None,
-                      "ceiling_top1_share": ceilings["eval"]["top1_share"] if lc else None,
-                      "ceiling_train_top1_share": ceilings["train"]["top1_share"] if lc else None})
+        for key, window in (("ceiling", "eval"), ("ceiling_train", "train")):
+            stats = ceilings[window] if name == "vqgan-lc" else {}
+            entry[key], entry[f"{key}_top1_share"] = stats.get("utilization"), stats.get("top1_share")
         report["models"][name] = entry
         trained[name] = result.model
     _plot_usage(report["usage_curves"], out / "utilization.png")

@@ -329,18 +329,11 @@ def _loader(cfg: StudyConfig, crops: int):
 
 def evaluate_combination(cfg: StudyConfig, model, folder: Path) -> dict:
     """Utilization over the usage window, image metrics over its first `eval_crops` crops."""
-    import torch
-
-    from .evaluate.evaluator import EvalConfig, run_evaluation
-    from .quantize.usage import UsageAccumulator
+    from .evaluate.evaluator import EvalConfig, run_evaluation, token_usage
 
     model.eval()
     device = next(model.parameters()).device
-    usage = UsageAccumulator(model.num_codes, device=device)
-    with torch.no_grad():
-        for batch in _loader(cfg, cfg.usage_crops):
-            usage.update(model.encode(batch["image"].to(device)).indices)
-    window = usage.stats()
+    window = token_usage(model, _loader(cfg, cfg.usage_crops), device)
     config = EvalConfig(image_size=cfg.image_size, batch_size=64, perceptual="perceptual-lite0", fid="off",
                         fd_image_size=cfg.fd_image_size, grid_images=8,
                         dataset=f"study held-out crops: the first {cfg.eval_crops} of {cfg.usage_crops} crops of the "

@@ -80,6 +80,19 @@ def positive_int(text: str) -> int:
     return value
 
 
+def comma_names(choices: tuple[str, ...], what: str = ""):
+    """An argparse type for a comma-separated, non-empty subset of `choices` ("lc,vq"); `what`
+    names the list in the error ("choose generators from gpt,dit,...")."""
+    label = f"{what} " if what else ""
+
+    def parse(text: str) -> tuple[str, ...]:
+        names = tuple(n.strip() for n in text.split(",") if n.strip())
+        if not names or any(n not in choices for n in names):
+            raise argparse.ArgumentTypeError(f"choose {label}from {','.join(choices)}, got {text!r}")
+        return names
+    return parse
+
+
 def writable_out(path: str, what: str = "output folder") -> None:
     """Fail before any work when the output folder cannot be written."""
     from ..files import check_writable_dir

@@ -5,32 +5,18 @@
 """
 from __future__ import annotations
 
+from . import common
+
 GENERATORS = ("gpt", "dit", "sit", "ldm")
-
-
-def _generators(text: str) -> tuple[str, ...]:
-    import argparse
-    names = tuple(n for n in text.split(",") if n)
-    unknown = [n for n in names if n not in GENERATORS]
-    if unknown or not names:
-        raise argparse.ArgumentTypeError(f"choose generators from {','.join(GENERATORS)}, got {text!r}")
-    return names
-
-
-def _tokenizers(text: str) -> tuple[str, ...]:
-    import argparse
-    names = tuple(n for n in text.split(",") if n)
-    if not names or any(n not in ("lc", "vq") for n in names):
-        raise argparse.ArgumentTypeError(f"choose tokenizers from lc,vq, got {text!r}")
-    return names
 
 
 def register(sub) -> None:
     p = sub.add_parser("demo", help="run the method end to end on bundled real images (tokenizers, or --generate)")
     p.add_argument("--out", help="output folder (default runs/demo, or runs/demo-<generators>)")
-    p.add_argument("--generate", type=_generators, metavar="GEN[,GEN]",
+    p.add_argument("--generate", type=common.comma_names(GENERATORS, "generators"), metavar="GEN[,GEN]",
                    help="class-conditional generation on MNIST digits with gpt, dit, sit and/or ldm (comma-separated)")
-    p.add_argument("--tokenizers", type=_tokenizers, default=("lc", "vq"), metavar="lc[,vq]",
+    p.add_argument("--tokenizers", type=common.comma_names(("lc", "vq"), "tokenizers"), default=("lc", "vq"),
+                   metavar="lc[,vq]",
                    help="with --generate: the tokenizers to generate on (default lc,vq: VQGAN-LC and the VQGAN baseline)")
     p.add_argument("--quick", action="store_true", help="a reduced run for smoke tests (measured on 2 shared CPU "
                    "cores: 40 s; with --generate gpt 3 min, most of it scoring the samples)")
@@ -38,19 +24,17 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from .common import writable_out
-
     if args.generate:
         from ..generate.demo import GenerationDemoConfig, run_generation_demo
         config = GenerationDemoConfig.quick(args.generate) if args.quick else GenerationDemoConfig(generators=args.generate)
         config.out_dir = args.out or f"runs/demo-{'-'.join(args.generate)}"
         config.tokenizers = args.tokenizers
-        writable_out(config.out_dir)
+        common.writable_out(config.out_dir)
         run_generation_demo(config)
         return 0
     from ..demo import DemoConfig, run_demo
     config = DemoConfig.quick() if args.quick else DemoConfig()
     config.out_dir = args.out or "runs/demo"
-    writable_out(config.out_dir)
+    common.writable_out(config.out_dir)
     run_demo(config)
     return 0

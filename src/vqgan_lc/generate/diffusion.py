@@ -70,6 +70,13 @@ def spaced_steps(num_timesteps: int, steps: int) -> torch.Tensor:
     return torch.round(torch.arange(steps, dtype=torch.float64) * (num_timesteps - 1) / (steps - 1)).long()
 
 
+# preset -> (beta schedule, beta_start, beta_end at 1000 steps, learned sigma, rescale betas by 1000/T)
+SCHEDULE_PRESETS = {
+    "dit": ("linear", 1e-4, 0.02, True, True),            # DiT / ADM
+    "ldm": ("scaled_linear", 0.0015, 0.0195, False, False),  # latent diffusion
+}
+
+
 class GaussianDiffusion:
     """The DDPM forward process of one beta schedule, its loss and its samplers.
 
@@ -93,14 +100,12 @@ class GaussianDiffusion:
         """A named schedule. dit: linear 1e-4 -> 0.02 at 1000 steps (scaled by 1000/T for other T),
         learned sigma; ldm: LDM's sqrt-linear 0.0015 -> 0.0195, fixed variance.
         `learn_sigma` overrides the preset's choice."""
-        if name == "dit":
-            scale = 1000 / num_timesteps  # keeps the total noise of the schedule when T changes
-            sigma = True if learn_sigma is None else learn_sigma
-            return cls(num_timesteps, "linear", 1e-4 * scale, 0.02 * scale, learn_sigma=sigma)
-        if name == "ldm":
-            sigma = False if learn_sigma is None else learn_sigma
-            return cls(num_timesteps, "scaled_linear", 0.0015, 0.0195, learn_sigma=sigma)
-        raise ValueError(f"unknown diffusion preset {name!r}; available: dit, ldm")
+        if name not in SCHEDULE_PRESETS:
+            raise ValueError(f"unknown diffusion preset {name!r}; available: {', '.join(SCHEDULE_PRESETS)}")
+        schedule, beta_start, beta_end, sigma, rescale = SCHEDULE_PRESETS[name]
+        scale = 1000 / num_timesteps if rescale else 1.0  # keeps the total noise of the schedule when T changes
+        return cls(num_timesteps, schedule, beta_start * scale, beta_end * scale,
+                   learn_sigma=sigma if learn_sigma is None else learn_sigma)
 
     def _setup(self, betas: torch.Tensor, timestep_map: torch.Tensor, learn_sigma: bool) -> None:
         """Every schedule-derived array, in float64, from the betas."""

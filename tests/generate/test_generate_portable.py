@@ -211,3 +211,16 @@ def test_flags_that_would_do_nothing_are_refused(runs, tmp_path, family, setting
 def test_the_effective_top_k_is_recorded(runs, tmp_path):
     report = _sample(runs / "gpt", tmp_path / "s")
     assert report["top_k"] == 3  # 10% of 32 entries
+
+
+def test_a_run_resumes_from_any_working_directory(runs, tmp_path, monkeypatch):
+    monkeypatch.chdir(runs)
+    config = generator_config("gpt-tiny", "tokens", str(tmp_path / "run"), GPT)  # a relative cache path
+    train_generator(config, stop_at_step=1, progress=False)
+    assert not (tmp_path / "run" / PROCESS_NAME).exists()  # not finished: not yet a pipeline
+    monkeypatch.chdir(tmp_path)
+    saved = json.loads((tmp_path / "run" / "train_config.json").read_text())
+    assert os.path.isabs(saved["data"])
+    from vqgan_lc.generate.training import read_generator_run
+    result = train_generator(read_generator_run(tmp_path / "run"), resume=tmp_path / "run", progress=False)
+    assert result.step == 2 and (tmp_path / "run" / PROCESS_NAME).is_file()

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from vqgan_lc.backbones.registry import FeatureBackbone
+from vqgan_lc.backbones.base import FeatureBackbone
 from vqgan_lc.codebook.feature_store import VECTORS, FeatureStore, dataset_fingerprint
 from vqgan_lc.data import ImageDataset
 from vqgan_lc.data.cache import read_header, write_cache

@@ -23,7 +23,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from .data import build_dataset, collate_skip_corrupt
-from .evaluate.grid import pyplot
+from .data.grid import pyplot
 from .files import atomic_path, atomic_write_json, atomic_write_text
 from .tokenizer.config import get_preset
 from .tokenizer.losses import LossConfig
@@ -122,7 +122,7 @@ def _ceilings(cfg: DemoConfig, codebook_path: Path) -> dict:
 
 def _comparison_grid(models: dict, cfg: DemoConfig, path: Path, count: int = 8) -> None:
     """Held-out originals (top row) above each model's reconstructions, one row per model."""
-    from .evaluate.grid import save_grid
+    from .data.grid import save_grid
 
     data = _window(cfg, "eval", cfg.image_size)
     originals = torch.stack([data[i]["image"] for i in range(min(count, len(data)))])

@@ -44,7 +44,7 @@ from pathlib import Path
 from .classify.data import LABELLED_SETS
 from .classify.model import TokenClassifierConfig, classifier_preset
 from .config import Config
-from .evaluate.grid import pyplot
+from .data.grid import pyplot
 from .files import atomic_path, atomic_write_json, atomic_write_text
 from .tokenizer.config import AutoencoderConfig, get_preset
 from .tokenizer.losses import LossConfig

@@ -19,7 +19,7 @@ from vqgan_lc.backbones import inception
 from vqgan_lc.data.transforms import to_uint8
 from vqgan_lc.files import atomic_write_json
 from vqgan_lc.evaluate.frechet import InceptionFeatures, Lite0Features, RunningMoments, frechet_from_moments
-from vqgan_lc.evaluate.grid import save_comparison_grid
+from vqgan_lc.data.grid import save_comparison_grid
 from vqgan_lc.evaluate.metrics import psnr, psnr_y, ssim
 from vqgan_lc.quantize.usage import UsageAccumulator
 from vqgan_lc.backbones.perceptual import PERCEPTUAL_NAMES, build_perceptual, lpips_vgg_available

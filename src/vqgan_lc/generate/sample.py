@@ -74,7 +74,7 @@ def load_run(run: str | Path, device: torch.device):
 def sample_run(config: SampleConfig) -> dict:
     """Sample, decode and write everything listed in the module doc; returns the report."""
     from ..evaluate.evaluator import write_report
-    from ..evaluate.grid import save_grid
+    from ..data.grid import save_grid
     from ..files import check_writable_dir
     from ..quantize.usage import UsageAccumulator
     from .training import family_of

@@ -173,7 +173,7 @@ class TokenizerTask(TrainingTask):
                 ctx.writer.add_scalar("usage/perplexity", stats["perplexity"], step)
             self.usage.reset()
         if ctx.writer is not None and self._pairs and (step % cfg.image_every == 0 or step == ctx.total_steps):
-            from ..evaluate.grid import save_comparison_grid
+            from ..data.grid import save_comparison_grid
             images, recon = self._pairs[0]
             grid = ctx.out_dir / "samples" / f"step_{step:07d}.png"
             save_comparison_grid(images[:8].cpu(), recon[:8].clamp(-1, 1).cpu(), grid, max_images=8)

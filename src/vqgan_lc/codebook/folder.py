@@ -14,11 +14,10 @@ from dataclasses import dataclass
 
 from .. import distributed
 from ..config import Config
+from ..files import cache_root
 from .build import CODEBOOK_MODES
 
 log = logging.getLogger(__name__)
-
-DEFAULT_CACHE = os.path.join("~", ".cache", "vqgan-lc")
 
 
 @dataclass
@@ -64,7 +63,7 @@ def features_folder(config: CodebookBuildConfig, records, backbone) -> str:
         return config.features_dir
     origin = {**backbone.describe(),
               "weights": os.path.abspath(config.backbone_weights) if config.backbone_weights else None}
-    root = os.path.expanduser(config.cache_dir or os.environ.get("VQGAN_LC_CACHE", DEFAULT_CACHE))
+    root = cache_root(config.cache_dir)
     return os.path.join(root, "features", features_key(dataset_fingerprint(records), origin, config.pool))
 
 

@@ -2,7 +2,7 @@
 
     vqgan-lc classify TOKENIZER --train DIR --val DIR --out OUT [--embed index] [--set epochs=30 ...]
 
-1. both image sets are encoded once by the tokenizer into token caches (`generate/cache.py`:
+1. both image sets are encoded once by the tokenizer into token caches (`data/encoded.py`:
    resumable, sliced over `torchrun` ranks), OUT/cache-train and OUT/cache-val;
 2. a `TokenClassifier` sized by the caches (vocabulary, token grid, classes) trains on the
    train cache with the shared loop (`train/loop.py`: DDP, warm-up + cosine, checkpoints,
@@ -82,9 +82,9 @@ class ClassifierTask(TrainingTask):
         return TokenClassifier(self.config.model, codes)
 
     def build_dataset(self):
-        from ..generate.cache import GeneratorDataset, open_cache
+        from ..data.encoded import EncodedImageDataset, open_encoded_cache
 
-        return GeneratorDataset(open_cache(self.config.data), seed=self.config.seed)
+        return EncodedImageDataset(open_encoded_cache(self.config.data), seed=self.config.seed)
 
     def build_optimizers(self, model: TokenClassifier):
         cfg = self.config
@@ -116,9 +116,9 @@ def train_classifier(config: ClassifierTrainConfig, *, resume: str | os.PathLike
 
 def _labelled_tokens(cache: str):
     """(store, labels) of a token cache whose every item has a class label, or one line why not."""
-    from ..generate.cache import open_cache
+    from ..data.encoded import open_encoded_cache
 
-    store = open_cache(cache)
+    store = open_encoded_cache(cache)
     if store.header.get("kind") != "tokens":
         raise ValueError(f"{cache} holds latents; classification reads token ids (`vqgan-lc cache tokens`)")
     labels = store.labels

@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..config import Config
 from ..data.demo import write_mnist_folder
 from ..files import atomic_write_json, atomic_write_text
 
@@ -39,7 +40,7 @@ TOKENIZERS = {"lc": "vqgan-lc", "vq": "vqgan"}
 
 
 @dataclass
-class GenerationDemoConfig:
+class GenerationDemoConfig(Config):
     out_dir: str = "runs/demo-generate"
     generators: tuple[str, ...] = ("gpt",)
     tokenizers: tuple[str, ...] = ("lc", "vq")  # VQGAN-LC and the learned-codebook VQGAN baseline

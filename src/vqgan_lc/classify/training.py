@@ -88,11 +88,7 @@ class ClassifierTask(TrainingTask):
 
     def build_optimizers(self, model: TokenClassifier):
         cfg = self.config
-        # the usual AdamW split: no decay on norms, biases and the position embedding's 1-d peers
-        decay = [p for n, p in model.named_parameters() if p.requires_grad and p.dim() >= 2 and n != "pos_embed"]
-        rest = [p for n, p in model.named_parameters() if p.requires_grad and (p.dim() < 2 or n == "pos_embed")]
-        groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": rest, "weight_decay": 0.0}]
-        return {"classifier": torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas)}
+        return {"classifier": model.configure_optimizer(lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)}
 
     def train_step(self, ctx: StepContext, batches: list) -> dict[str, float]:
         logs = {"loss": 0.0, "accuracy": 0.0}

@@ -175,6 +175,9 @@ class PretrainedModel(nn.Module):
 
     model_type: ClassVar[str]
     config_class: ClassVar[type[Config]]
+    # Parameters kept out of weight decay although they are matrices (say, a learned position
+    # table a model wants free); norms, biases and every other 1-d parameter always are.
+    no_weight_decay: ClassVar[tuple[str, ...]] = ()
 
     config: Config
 
@@ -194,6 +197,21 @@ class PretrainedModel(nn.Module):
     @property
     def dtype(self) -> torch.dtype:
         return next(self.parameters()).dtype
+
+    def optimizer_groups(self, weight_decay: float) -> list[dict]:
+        """The trainable parameters as AdamW groups, split as nanoGPT's `configure_optimizers`
+        splits them: weight decay on matrices (>= 2-d: linear and conv weights, embeddings), none
+        on norms, biases and other 1-d parameters, nor on the names in `no_weight_decay`.
+        Decayed group first; both keep `named_parameters` order, so optimizer states line up."""
+        decay, free = [], []
+        for name, param in self.named_parameters():
+            if param.requires_grad:
+                (decay if param.dim() >= 2 and name not in self.no_weight_decay else free).append(param)
+        return [{"params": decay, "weight_decay": weight_decay}, {"params": free, "weight_decay": 0.0}]
+
+    def configure_optimizer(self, *, lr: float, betas: tuple[float, float], weight_decay: float) -> torch.optim.AdamW:
+        """AdamW over `optimizer_groups(weight_decay)`."""
+        return torch.optim.AdamW(self.optimizer_groups(weight_decay), lr=lr, betas=betas)
 
     def num_parameters(self, trainable_only: bool = False) -> int:
         return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)

@@ -79,7 +79,7 @@ def register(sub) -> None:
     p.add_argument("--out", required=True)
     p.add_argument("--fid", default="auto", help="auto (when the Inception weights are on disk) | inception | off")
     p.add_argument("--fd-image-size", type=common.positive_int, default=256)
-    p.add_argument("--batch-size", type=common.positive_int, default=64)
+    p.add_argument("--batch-size", type=common.positive_int, default=32)
     p.set_defaults(func=eval_gen)
 
 

@@ -24,10 +24,13 @@ import torch
 
 from .. import distributed
 from ..config import Config
-from ..data.cache import CacheDataset, CacheStore, write_cache
+from ..data.cache import CacheStore, write_cache
+# the encoded-image cache's reader, under the names the generators use
+from ..data.encoded import ENCODED_KINDS as KINDS
+from ..data.encoded import EncodedImageDataset as GeneratorDataset
+from ..data.encoded import open_encoded_cache as open_cache
 from ..files import atomic_write_json
 
-KINDS = ("tokens", "latents")
 STATS_NAME = "latent_stats.json"
 SCALE_NAME = "latent_scale.json"  # written on request: makes the measured scale train-gen's default
 
@@ -65,7 +68,7 @@ def build_cache(config: CacheConfig) -> CacheStore | None:
     from ..data import build_dataset
     from ..files import check_writable_dir
     from ..tokenizer.model import VQModel
-    from .pipeline import tokenizer_fingerprint
+    from ..tokenizer.fingerprint import tokenizer_fingerprint
 
     config.validate()
     check_writable_dir(config.out, "cache folder")
@@ -181,38 +184,3 @@ def latent_stats(store: CacheStore, chunk: int = 4096) -> dict:
     overall = float(np.sqrt(max((var + mean ** 2).mean() - mean.mean() ** 2, 0.0)))
     return {"mean": mean.tolist(), "std": np.sqrt(var).tolist(), "scale": 1.0 / max(overall, 1e-12),
             "num_values_per_channel": int(count)}
-
-
-def open_cache(folder: str) -> CacheStore:
-    store = CacheStore.open(folder)
-    if store.header.get("kind") not in KINDS:
-        raise ValueError(f"{folder} is not a token or latent cache; build one with `vqgan-lc cache tokens|latents`")
-    return store
-
-
-class GeneratorDataset(torch.utils.data.Dataset):
-    """Cached items for a generator: {"x": tokens (h*w,) int64 or latents (D', h, w) float32,
-    "label": int}. With a flipped copy in the cache, item i of epoch e uses the mirror when a
-    hash of (seed, epoch, i) says so: the same choice in every run and after a resume."""
-
-    def __init__(self, store: CacheStore, seed: int = 0):
-        self.kind = store.header["kind"]
-        self.main = CacheDataset(store, self.kind)
-        flip_key = f"{self.kind}_flip"
-        self.flipped = CacheDataset(store, flip_key) if flip_key in store.keys else None
-        self.seed, self.epoch = seed, 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return len(self.main)
-
-    def __getitem__(self, i: int) -> dict:
-        source = self.main
-        if self.flipped is not None:
-            pick = np.random.default_rng([self.seed, self.epoch, i]).integers(2)
-            source = self.flipped if pick else self.main
-        item = source[i]
-        x = item["x"].long().flatten() if self.kind == "tokens" else item["x"].float()
-        return {"x": x, "label": item["label"]}

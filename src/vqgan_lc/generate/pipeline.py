@@ -17,7 +17,6 @@ would silently turn the generator's tokens into other images.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -30,6 +29,7 @@ import torch
 
 from ..config import Config
 from ..files import atomic_write_json
+from ..tokenizer.fingerprint import tokenizer_fingerprint
 from .families import DataSpec, Drawn, Family, SampleRequest, get_family
 
 PROCESS_NAME = "process.json"
@@ -78,24 +78,6 @@ class ProcessConfig(Config):
         return self.class_names[label] if label < len(self.class_names) else str(label)
 
 
-def tokenizer_fingerprint(folder: str | os.PathLike) -> str:
-    """sha256 of the tokenizer's encoding config and of its weights file: equal exactly when the
-    tokenizer turns latents and token ids into the same images. The latent statistics a user may
-    have stored in the config (latent_scale) and provenance notes are left out."""
-    from ..pretrained import PROVENANCE_KEY, WEIGHTS_NAME, read_config_file
-
-    folder = Path(folder)
-    config = {k: v for k, v in read_config_file(folder).items() if k not in ("latent_scale", PROVENANCE_KEY)}
-    digest = hashlib.sha256(json.dumps(config, sort_keys=True).encode())
-    weights = folder / WEIGHTS_NAME
-    if not weights.is_file():
-        raise FileNotFoundError(f"{weights} is missing: a tokenizer folder holds config.json and {WEIGHTS_NAME}")
-    with open(weights, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def check_tokenizer(folder: str | os.PathLike, expected: str, what: str) -> None:
     """Refuse a tokenizer whose fingerprint is not the one `what` was made with."""
     if not expected:
@@ -108,33 +90,23 @@ def check_tokenizer(folder: str | os.PathLike, expected: str, what: str) -> None
 
 
 def process_config_of(train_config) -> ProcessConfig:
-    """A generator run's ProcessConfig, from its training config alone (what sampling needs)."""
-    family = get_family(train_config.generator.split("-", 1)[0])
-    model = train_config.model
-    grid = tuple(getattr(train_config, "grid", ()) or ())
-    if not grid:
-        grid = _grid_of(family, model)
-    return ProcessConfig(
-        family=family.name, diffusion_steps=train_config.diffusion_steps, latent_scale=train_config.latent_scale,
-        grid=grid, latent_dim=getattr(model, "in_channels", 0) if family.data_kind == "latents" else 0,
-        codebook_size=_codebook_size(train_config), num_classes=model.num_classes,
-        class_names=tuple(getattr(train_config, "class_names", ()) or ()),
-        image_size=getattr(train_config, "image_size", 0) or 0,
-        tokenizer_fingerprint=getattr(train_config, "tokenizer_fingerprint", "") or "")
-
-
-def _grid_of(family: Family, model: Config) -> tuple[int, int]:
+    """A generator run's ProcessConfig, from its training config (or that config's saved dict)
+    alone: what sampling needs."""
+    data = train_config if isinstance(train_config, dict) else train_config.to_dict()
+    family = get_family(data["generator"].split("-", 1)[0])
+    model = data["model"]
     if family.data_kind == "tokens":
-        side = int(round(model.block_size ** 0.5))
-        return (side, side)
-    return (model.input_size, model.input_size)
-
-
-def _codebook_size(train_config) -> int:
-    size = getattr(train_config, "codebook_size", 0)
-    if size:
-        return size
-    return getattr(train_config.model, "vocab_size", 0) or 1
+        side = int(round(model["block_size"] ** 0.5))
+        grid = (side, side)
+    else:
+        grid = (model["input_size"], model["input_size"])
+    return ProcessConfig(
+        family=family.name, diffusion_steps=data.get("diffusion_steps", 1000),
+        latent_scale=data.get("latent_scale", 1.0), grid=grid,
+        latent_dim=model.get("in_channels", 0) if family.data_kind == "latents" else 0,
+        codebook_size=data.get("codebook_size") or model.get("vocab_size") or 1, num_classes=model["num_classes"],
+        class_names=tuple(data.get("class_names") or ()), image_size=data.get("image_size") or 0,
+        tokenizer_fingerprint=data.get("tokenizer_fingerprint") or "")
 
 
 class GenerationPipeline:
@@ -179,21 +151,20 @@ class GenerationPipeline:
     def _from_run(cls, run: Path, map_location) -> "GenerationPipeline":
         from ..pretrained import load_pretrained
         from ..tokenizer.model import VQModel
-        from .training import EXPORT_NAME, read_generator_run
 
-        config = read_generator_run(run)
+        config = read_run_config(run)
         process = process_config_of(config)
-        tokenizer_dir = getattr(config, "tokenizer", "")
+        tokenizer_dir = config.get("tokenizer", "")
         if not tokenizer_dir:  # a run from before runs named their tokenizer: the cache's header does
             from .cache import open_cache
-            header = open_cache(_run_path(run, config.data)).header
+            header = open_cache(_run_path(run, config["data"])).header
             tokenizer_dir = header["tokenizer"]
             process.image_size = process.image_size or int(header.get("image_size", 0))
             process.tokenizer_fingerprint = header.get("tokenizer_fingerprint", "")
             if not process.tokenizer_fingerprint:
                 warnings.warn(f"{run} was trained before tokenizers were fingerprinted: {tokenizer_dir} is "
                               "trusted to be the tokenizer that encoded its cache", stacklevel=3)
-        weights = run / EXPORT_NAME
+        weights = run / GENERATOR_DIR
         if not (weights / "model.safetensors").is_file():
             raise FileNotFoundError(f"{weights} holds no weights yet: the run has not finished; resume it with "
                                     f"`vqgan-lc train-gen --resume {run}`")
@@ -249,6 +220,20 @@ class GenerationPipeline:
         snapped = self.tokenizer.snap_latents(drawn.latents)
         pictures = self.tokenizer.decode(snapped.quantized if snap else drawn.latents)
         return pictures.clamp(-1, 1), snapped.indices
+
+
+def read_run_config(run: str | os.PathLike) -> dict:
+    """A train-gen run's saved training config, as the dict train_config.json holds."""
+    path = Path(run) / "train_config.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: {run} is not a generator run folder (see `vqgan-lc train-gen`)")
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path} is damaged ({err}); restore it from a copy, or train the run again") from None
+    if not isinstance(data, dict) or "generator" not in data:
+        raise ValueError(f"{run} is a tokenizer run, not a generator run")
+    return data
 
 
 def _run_path(run: Path, recorded: str) -> str:

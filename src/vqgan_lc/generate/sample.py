@@ -148,6 +148,7 @@ def sample_run(config: SampleConfig) -> dict:
     every rank; only rank 0 writes the merged files)."""
     from tqdm.auto import tqdm
 
+    from ..data.grid import save_png
     from .families import SampleRequest
     from .noise import RowGenerators
     from .pipeline import GenerationPipeline
@@ -207,7 +208,7 @@ def sample_run(config: SampleConfig) -> dict:
         if config.png:
             for i, image in zip(indices, images):
                 label = int(labels[i])
-                _save_png(image, out / names[label] / f"{i % config.per_class:0{width}d}.png")
+                save_png(image, out / names[label] / f"{i % config.per_class:0{width}d}.png")
         atomic_save_npy(parts / f"{k:06d}.tokens.npy", ids.reshape(len(indices), -1).to(torch.int32).cpu().numpy())
         if config.npz:
             atomic_save_npy(parts / f"{k:06d}.images.npy", images)
@@ -228,7 +229,7 @@ def _finish(config, pipeline, out: Path, labels, chunks, classes, names, method,
             drawn_chunks) -> dict:
     """Rank 0: merge the chunk files into tokens.npy, labels.npy, samples.npz and grid.png, and report."""
     from ..evaluate.evaluator import write_report
-    from ..evaluate.grid import save_grid
+    from ..data.grid import save_grid
     from ..quantize.usage import UsageAccumulator
 
     parts = out / PARTS_DIR
@@ -320,9 +321,3 @@ def _write_grid(config, out: Path, parts: Path, chunks, labels, classes, names, 
                 image = np.load(parts / f"{k:06d}.images.npy", mmap_mode="r")[i - chunks[k]]
             pictures.append(torch.from_numpy(np.array(image)).permute(2, 0, 1).float() / 127.5 - 1)
     save_grid(torch.stack(pictures), out / "grid.png", nrow=per_row)
-
-
-def _save_png(image: np.ndarray, path: Path) -> None:
-    from PIL import Image
-    with atomic_path(path) as tmp:
-        Image.fromarray(image).save(tmp, format="PNG")

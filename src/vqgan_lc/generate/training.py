@@ -187,7 +187,7 @@ def _fingerprint_if_present(header: dict) -> str:
     from .cache import same_encoder
 
     folder = header["tokenizer"]
-    from .pipeline import tokenizer_fingerprint
+    from ..tokenizer.fingerprint import tokenizer_fingerprint
     try:
         if not same_encoder(header.get("tokenizer_config", {}), read_config_file(folder)):
             return ""

@@ -102,6 +102,9 @@ def dit_state(in_channels: int, grid: int, patch: int, width: int, depth: int, c
               seed: int = 0) -> dict[str, torch.Tensor]:
     """DiT/SiT of dit-lc/models.py (timm PatchEmbed, Attention with qkv, Mlp fc1/fc2), null class row included."""
     g = torch.Generator().manual_seed(seed)
+
+    def randn(generator, *shape, scale=0.1):   # smaller than elsewhere: guidance at 8 amplifies rounding
+        return torch.randn(shape, generator=generator) * scale
     s = {"x_embedder.proj.weight": randn(g, width, in_channels, patch, patch), "x_embedder.proj.bias": randn(g, width),
          "pos_embed": mae_sincos_table(width, grid)[None],
          "t_embedder.mlp.0.weight": randn(g, width, 256), "t_embedder.mlp.0.bias": randn(g, width),

@@ -120,11 +120,12 @@ def _sampler_options(p: dict) -> dict[str, Any]:
     if p["family"] == "gpt":
         # top_k 0 is "off" in GPT.generate: every image id stays, what top-k 100,000 of 100,000 ids does
         return {"temperature": p["temperature"], "top_k": 0, "top_p": None, "cfg_scale": p["guidance_scale"]}
+    # the null class is the model's num_classes (1000 for the released models): sample_reference sets it
     if p["family"] == "sit":
         return {"method": "dopri5", "atol": p["atol"], "rtol": p["rtol"], "cfg_scale": p["guidance_scale"],
-                "guided_channels": p["guided_channels"], "null_label": p["null_class"]}
+                "guided_channels": p["guided_channels"]}
     options = {"method": p["sampler"], "steps": p["steps"], "cfg_scale": p["guidance_scale"],
-               "guided_channels": p["guided_channels"], "null_label": p["null_class"]}
+               "guided_channels": p["guided_channels"]}
     if p["family"] == "ldm":
         options.update(eta=p["eta"], grid="ldm", final_alpha_bar="grid")
     return options
@@ -148,6 +149,7 @@ def sample_reference(model: PretrainedModel, family: str, labels: torch.Tensor, 
         noise = torch.randn((len(labels), c.in_channels, c.input_size, c.input_size), generator=generator,
                             device=model.device)
     model.eval()
+    options.setdefault("null_label", c.num_classes)
     if family == "sit":
         from .transport import Transport
         x, _ = Transport().sample(model.velocity, noise, labels, generator=generator, **options)

@@ -173,3 +173,164 @@ def guided_three(forward, x, t, y, scale, null, channels=3):
     cond, uncond = out.chunk(2)
     eps = uncond[:, :channels] + scale * (cond[:, :channels] - uncond[:, :channels])
     return torch.cat([eps, cond[:, channels:]], dim=1)
+
+
+# --------------------------------------------------------------------------- LDM (openaimodel UNetModel)
+
+def unet_state(in_channels: int, mc: int, mult: tuple, num_res: int, attention: tuple, context: int, seed: int = 0,
+               prefix: str = "") -> dict[str, torch.Tensor]:
+    """openaimodel.UNetModel's keys and shapes with use_spatial_transformer, num_head_channels and
+    conv_resample (ldm-lc/configs/imagenet-f16-vqgan-lc-100K.yaml), built level by level as it is."""
+    g = torch.Generator().manual_seed(seed)
+    s: dict[str, torch.Tensor] = {}
+
+    def conv(name, cout, cin, k):
+        s[f"{prefix}{name}.weight"], s[f"{prefix}{name}.bias"] = randn(g, cout, cin, k, k, scale=0.1), randn(g, cout)
+
+    def linear(name, cout, cin, bias=True):
+        s[f"{prefix}{name}.weight"] = randn(g, cout, cin, scale=cin ** -0.5)
+        if bias:
+            s[f"{prefix}{name}.bias"] = randn(g, cout)
+
+    def norm(name, ch):
+        s[f"{prefix}{name}.weight"], s[f"{prefix}{name}.bias"] = 1 + randn(g, ch), randn(g, ch)
+
+    def resblock(name, cin, cout):
+        norm(f"{name}.in_layers.0", cin)
+        conv(f"{name}.in_layers.2", cout, cin, 3)
+        linear(f"{name}.emb_layers.1", cout, 4 * mc)
+        norm(f"{name}.out_layers.0", cout)
+        conv(f"{name}.out_layers.3", cout, cout, 3)
+        if cin != cout:
+            conv(f"{name}.skip_connection", cout, cin, 1)
+
+    def transformer(name, ch):
+        norm(f"{name}.norm", ch)
+        conv(f"{name}.proj_in", ch, ch, 1)
+        b = f"{name}.transformer_blocks.0"
+        for attn, kv in (("attn1", ch), ("attn2", context)):
+            linear(f"{b}.{attn}.to_q", ch, ch, bias=False)
+            linear(f"{b}.{attn}.to_k", ch, kv, bias=False)
+            linear(f"{b}.{attn}.to_v", ch, kv, bias=False)
+            linear(f"{b}.{attn}.to_out.0", ch, ch)
+        linear(f"{b}.ff.net.0.proj", 8 * ch, ch)
+        linear(f"{b}.ff.net.2", ch, 4 * ch)
+        for n in ("norm1", "norm2", "norm3"):
+            norm(f"{b}.{n}", ch)
+        conv(f"{name}.proj_out", ch, ch, 1)
+
+    linear("time_embed.0", 4 * mc, mc)
+    linear("time_embed.2", 4 * mc, 4 * mc)
+    conv("input_blocks.0.0", mc, in_channels, 3)
+    chans, ch, ds, index = [mc], mc, 1, 1
+    for level, m in enumerate(mult):
+        for _ in range(num_res):
+            resblock(f"input_blocks.{index}.0", ch, m * mc)
+            ch = m * mc
+            if ds in attention:
+                transformer(f"input_blocks.{index}.1", ch)
+            chans.append(ch)
+            index += 1
+        if level != len(mult) - 1:
+            conv(f"input_blocks.{index}.0.op", ch, ch, 3)
+            chans.append(ch)
+            ds *= 2
+            index += 1
+    resblock("middle_block.0", ch, ch)
+    transformer("middle_block.1", ch)
+    resblock("middle_block.2", ch, ch)
+    index = 0
+    for level, m in list(enumerate(mult))[::-1]:
+        for i in range(num_res + 1):
+            resblock(f"output_blocks.{index}.0", ch + chans.pop(), m * mc)
+            ch, j = m * mc, 1
+            if ds in attention:
+                transformer(f"output_blocks.{index}.1", ch)
+                j = 2
+            if level and i == num_res:
+                conv(f"output_blocks.{index}.{j}.conv", ch, ch, 3)
+                ds //= 2
+            index += 1
+    norm("out.0", ch)
+    conv("out.2", in_channels, mc, 3)
+    return s
+
+
+def unet_forward(s: dict, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor, head_channels: int = 32):
+    """UNetModel.forward: GroupNorm32 (eps 1e-5) in ResBlocks and the output, Normalize (eps 1e-6)
+    in SpatialTransformer, CrossAttention with ch / head_channels heads, GEGLU feed-forward."""
+    mc = s["input_blocks.0.0.weight"].shape[0]
+    half = mc // 2
+    freqs = torch.exp(-math.log(10000) * torch.arange(half, dtype=torch.float32) / half)
+    args = t[:, None].float() * freqs[None]
+    emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+    emb = F.linear(F.silu(F.linear(emb, s["time_embed.0.weight"], s["time_embed.0.bias"])), s["time_embed.2.weight"],
+                   s["time_embed.2.bias"])
+
+    def gn(h, name, eps):
+        return F.group_norm(h.float(), 32, s[name + ".weight"], s[name + ".bias"], eps)
+
+    def res(h, p):
+        out = F.conv2d(F.silu(gn(h, p + ".in_layers.0", 1e-5)), s[p + ".in_layers.2.weight"], s[p + ".in_layers.2.bias"],
+                       padding=1)
+        out = out + F.linear(F.silu(emb), s[p + ".emb_layers.1.weight"], s[p + ".emb_layers.1.bias"])[:, :, None, None]
+        out = F.conv2d(F.silu(gn(out, p + ".out_layers.0", 1e-5)), s[p + ".out_layers.3.weight"],
+                       s[p + ".out_layers.3.bias"], padding=1)
+        skip = (F.conv2d(h, s[p + ".skip_connection.weight"], s[p + ".skip_connection.bias"])
+                if p + ".skip_connection.weight" in s else h)
+        return skip + out
+
+    def attention(h, ctx, p, heads):
+        q = F.linear(h, s[p + ".to_q.weight"])
+        k, v = F.linear(ctx, s[p + ".to_k.weight"]), F.linear(ctx, s[p + ".to_v.weight"])
+        b, n, _ = q.shape
+        q, k, v = (u.reshape(u.shape[0], u.shape[1], heads, -1).permute(0, 2, 1, 3).reshape(b * heads, u.shape[1], -1)
+                   for u in (q, k, v))
+        sim = torch.einsum("bid,bjd->bij", q, k) * q.shape[-1] ** -0.5
+        out = torch.einsum("bij,bjd->bid", sim.softmax(dim=-1), v)
+        out = out.reshape(b, heads, n, -1).permute(0, 2, 1, 3).reshape(b, n, -1)
+        return F.linear(out, s[p + ".to_out.0.weight"], s[p + ".to_out.0.bias"])
+
+    def spatial(h, p):
+        b, ch, height, width = h.shape
+        heads, tb = ch // head_channels, p + ".transformer_blocks.0"
+        z = F.conv2d(gn(h, p + ".norm", 1e-6), s[p + ".proj_in.weight"], s[p + ".proj_in.bias"])
+        z = z.flatten(2).transpose(1, 2)
+        normed = F.layer_norm(z, (ch,), s[tb + ".norm1.weight"], s[tb + ".norm1.bias"])
+        z = z + attention(normed, normed, tb + ".attn1", heads)                 # self-attention: context = x
+        z = z + attention(F.layer_norm(z, (ch,), s[tb + ".norm2.weight"], s[tb + ".norm2.bias"]), context,
+                          tb + ".attn2", heads)
+        value, gate = F.linear(F.layer_norm(z, (ch,), s[tb + ".norm3.weight"], s[tb + ".norm3.bias"]),
+                               s[tb + ".ff.net.0.proj.weight"], s[tb + ".ff.net.0.proj.bias"]).chunk(2, dim=-1)
+        z = z + F.linear(value * F.gelu(gate), s[tb + ".ff.net.2.weight"], s[tb + ".ff.net.2.bias"])
+        z = z.transpose(1, 2).reshape(b, ch, height, width)
+        return h + F.conv2d(z, s[p + ".proj_out.weight"], s[p + ".proj_out.bias"])
+
+    def stage(h, p):
+        j = 0
+        while any(k.startswith(f"{p}.{j}.") for k in s):
+            q = f"{p}.{j}"
+            if q + ".in_layers.0.weight" in s:
+                h = res(h, q)
+            elif q + ".proj_in.weight" in s:
+                h = spatial(h, q)
+            elif q + ".op.weight" in s:
+                h = F.conv2d(h, s[q + ".op.weight"], s[q + ".op.bias"], stride=2, padding=1)
+            elif q + ".weight" in s:
+                h = F.conv2d(h, s[q + ".weight"], s[q + ".bias"], padding=1)
+            else:
+                h = F.conv2d(F.interpolate(h, scale_factor=2, mode="nearest"), s[q + ".conv.weight"],
+                             s[q + ".conv.bias"], padding=1)
+            j += 1
+        return h
+
+    count = lambda name: len({k.split(".")[1] for k in s if k.startswith(name + ".")})   # noqa: E731
+    h, skips = x, []
+    for i in range(count("input_blocks")):
+        h = stage(h, f"input_blocks.{i}")
+        skips.append(h)
+    h = stage(h, "middle_block")
+    for i in range(count("output_blocks")):
+        h = stage(torch.cat([h, skips.pop()], dim=1), f"output_blocks.{i}")
+    h = F.silu(gn(h, "out.0", 1e-5))
+    return F.conv2d(h, s["out.2.weight"], s["out.2.bias"], padding=1)

@@ -21,6 +21,7 @@ What each released file holds, read from the reference repository (zh460045050/V
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import math
 import os
@@ -98,7 +99,7 @@ def reference_protocol(family: str, *, downsample: int = 16) -> dict[str, Any]:
     """The reference protocol's sampling settings for a family, as plain data.
 
     `downsample` (LDM only): the tokenizer's factor, 16 or 8, which sets the guidance scale
-    (1.6 / 1.4 in ldm-lc/runTestLDM.sh). Keys: family, sampler, steps, timestep_grid, eta,
+    (1.6 / 1.4 in ldm-lc/runTestLDM.sh; other factors get the f8 one). Keys: family, sampler, steps, timestep_grid, eta,
     guidance_scale, guided_channels, null_class, top_k, temperature, snap, atol, rtol, weights,
     sources, notes, and `sampler_options`: keyword arguments for `GaussianDiffusion.sample` /
     `Transport.sample` / `GPT.generate` that reproduce it (see `sample_reference`).
@@ -106,11 +107,11 @@ def reference_protocol(family: str, *, downsample: int = 16) -> dict[str, Any]:
     if family not in _PROTOCOLS:
         raise ValueError(f"unknown generator family {family!r}; the reference protocols are {', '.join(FAMILIES)}")
     record = asdict(_PROTOCOLS[family])
-    if family == "ldm":
-        if downsample not in (8, 16):
-            raise ValueError(f"LDM-LC was released for f16 and f8 tokenizers, got downsample factor {downsample}")
-        record["guidance_scale"] = 1.6 if downsample == 16 else 1.4
     record["sources"], record["notes"] = list(record["sources"]), list(record["notes"])
+    if family == "ldm":
+        record["guidance_scale"] = 1.6 if downsample == 16 else 1.4
+        if downsample not in (8, 16):
+            record["notes"].append(f"f{downsample}: LDM-LC was released for f16 and f8 only; the f8 scale is used")
     record["repository"] = REPOSITORY
     record["sampler_options"] = _sampler_options(record)
     return record
@@ -370,7 +371,7 @@ def unet_config_from_reference(unet: dict[str, torch.Tensor], class_rows: int, *
         p = yaml_params
         head_channels, heads = p.get("num_head_channels", -1), p.get("num_heads", -1)
         try:
-            return UNetConfig(in_channels=p.get("in_channels", in_channels), out_channels=p.get("out_channels"),
+            config = UNetConfig(in_channels=p.get("in_channels", in_channels), out_channels=p.get("out_channels"),
                               input_size=int(p.get("image_size", input_size)), num_classes=class_rows - 1,
                               model_channels=p["model_channels"], channel_mult=tuple(p["channel_mult"]),
                               num_res_blocks=p["num_res_blocks"],
@@ -380,6 +381,10 @@ def unet_config_from_reference(unet: dict[str, torch.Tensor], class_rows: int, *
                               context_dim=p.get("context_dim", 512), class_dropout=0.0, norm_eps=1e-5).validate()
         except KeyError as err:
             raise ValueError(f"the config's unet_config.params lack {err}; pass the reference's yaml") from None
+        # validate() warned about levels the network never reaches; the saved config keeps the others only
+        factors = [2 ** i for i in range(len(config.channel_mult))]
+        return dataclasses.replace(config, attention_resolutions=tuple(
+            r for r in config.attention_resolutions if r in factors))
     # walk the encoder: residual blocks until a downsample ends each level
     mult, counts, attention, factor, blocks = [], [0], [], 1, 0
     i = 1

@@ -487,9 +487,9 @@ def convert_reference(family: str, checkpoint: str | os.PathLike, out: str | os.
     source = str(checkpoint)
     raw = load_restricted(checkpoint)
     args = training_args(raw)
-    if family in ("dit", "sit") and isinstance(raw.get("ema"), dict):
+    if isinstance(raw.get("ema"), dict):             # DiT/SiT train.py checkpoints
         state, weights = _tensors(raw["ema"]), "ema (the weights find_model samples with)"
-    elif family in ("dit", "sit") and isinstance(raw.get("model"), dict):
+    elif isinstance(raw.get("model"), dict):
         state, weights = _tensors(raw["model"]), "model (the file holds no ema)"
     else:
         state, weights = _unwrap(raw), "as stored"

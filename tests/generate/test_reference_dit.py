@@ -73,12 +73,22 @@ def _dit_space_timesteps(num_timesteps, count):
     return kept
 
 
+def test_dit_grid_is_dits_respacing():
+    from vqgan_lc.generate.diffusion import GaussianDiffusion, dit_spaced_steps, spaced_steps
+    for steps in (250, 21, 6):
+        assert dit_spaced_steps(1000, steps).tolist() == _dit_space_timesteps(1000, steps)
+    assert torch.equal(dit_spaced_steps(1000, 250), spaced_steps(1000, 250))      # the protocol's count: the same
+    assert not torch.equal(dit_spaced_steps(1000, 21), spaced_steps(1000, 21))    # rounding differs elsewhere
+    spaced = GaussianDiffusion.from_preset("dit").respace(21, grid="dit")
+    assert spaced.timestep_map.tolist() == _dit_space_timesteps(1000, 21)
+
+
 def test_dit_reference_sampling_equals_a_step_by_step_ddpm():
     reference = dit_state(C, GRID, PATCH, WIDTH, 1, CLASSES, 2 * C, seed=2)
     model = dit_from_reference_state(reference, family="dit", num_heads=HEADS)
     labels = torch.tensor([1, 3])
     noise = torch.randn(2, C, SIDE, SIDE, generator=torch.Generator().manual_seed(0))
-    steps = 6
+    steps = 21    # a count where DiT's rounding and an even spread differ
     ours = sample_reference(model, "dit", labels, noise=noise, generator=torch.Generator().manual_seed(9), steps=steps)
 
     # gaussian_diffusion.py + respace.py of DiT: linear betas, respaced, learned-range variance, no clipping

@@ -70,8 +70,22 @@ def spaced_steps(num_timesteps: int, steps: int) -> torch.Tensor:
     return torch.round(torch.arange(steps, dtype=torch.float64) * (num_timesteps - 1) / (steps - 1)).long()
 
 
-GRIDS = ("even", "ldm")
+GRIDS = ("even", "dit", "ldm")
 FINAL_ALPHA_BARS = ("one", "grid")
+
+
+def dit_spaced_steps(num_timesteps: int, steps: int) -> torch.Tensor:
+    """DiT's respacing (one section): a float stride (T-1)/(steps-1) accumulated step by step and
+    each position rounded half to even. Equal to `spaced_steps` for 250 of 1000 steps; for some
+    other counts the accumulated rounding picks a neighbouring step (21 of 1000: 499 where an even
+    spread has 500)."""
+    if not 2 <= steps <= num_timesteps:
+        raise ValueError(f"the dit grid needs 2 <= steps <= {num_timesteps} (the schedule length), got {steps}")
+    stride, position, kept = (num_timesteps - 1) / (steps - 1), 0.0, []
+    for _ in range(steps):
+        kept.append(round(position))
+        position += stride
+    return torch.tensor(kept)
 
 
 def ldm_ddim_steps(num_timesteps: int, steps: int) -> torch.Tensor:
@@ -234,12 +248,14 @@ class GaussianDiffusion:
     def respace(self, steps: int, grid: str = "even") -> "GaussianDiffusion":
         """A diffusion over `steps` of these steps, with betas recomputed so that alpha_bar at every
         kept step equals this schedule's; the model still sees the original step numbers.
-        `grid`: "even" spreads the steps over 0..T-1, both ends included (DiT's respacing);
-        "ldm" is LDM's DDIM grid (see `ldm_ddim_steps`)."""
+        `grid`: "even" spreads the steps over 0..T-1, both ends included; "dit" is DiT's own
+        rounding of that spread (see `dit_spaced_steps`); "ldm" is LDM's DDIM grid (see `ldm_ddim_steps`)."""
         if grid not in GRIDS:
             raise ValueError(f"unknown timestep grid {grid!r}; use one of {', '.join(GRIDS)}")
         if grid == "ldm":
             kept = ldm_ddim_steps(self.num_timesteps, steps)
+        elif grid == "dit":
+            kept = dit_spaced_steps(self.num_timesteps, steps)
         else:
             kept = spaced_steps(self.num_timesteps, steps)
             if steps == self.num_timesteps:
@@ -262,8 +278,8 @@ class GaussianDiffusion:
         channels (None: all C; the reference DiT-LC guides 3, the rest coming from the
         conditional pass); the null class id is `null_label`, or `model.config.num_classes` when
         not given. `method`: "ddpm" (ancestral) or "ddim" (`eta` 0: deterministic, draws no random
-        numbers). `steps`: a respaced subset of the schedule on `grid` ("even" or LDM's "ldm", see
-        `respace`). `final_alpha_bar` (ddim): "one" ends on alpha_bar = 1, the clean sample;
+        numbers). `steps`: a respaced subset of the schedule on `grid` ("even", DiT's "dit" or
+        LDM's "ldm", see `respace`). `final_alpha_bar` (ddim): "one" ends on alpha_bar = 1, the clean sample;
         "grid" ends on alpha_bar of the schedule's step 0 and adds that last step's noise too, as
         LDM's DDIM sampler does. `generator` (on noise's device) draws the step noise.
         """

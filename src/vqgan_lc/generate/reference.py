@@ -75,7 +75,7 @@ _PROTOCOLS = {
                "(10% of the vocabulary): pass top_k=10000 for that",
                "no classifier-free guidance: the model has no null class (one is appended here, never used)")),
     "dit": ReferenceProtocol(
-        "dit", "ddpm", 250, "DiT's respacing: 250 of 1000 steps, round(i * 999 / 249)", None, 8.0, 3, 1000,
+        "dit", "ddpm", 250, "DiT's respacing: 250 of 1000 steps, a stride of 999 / 249 accumulated and rounded", None, 8.0, 3, 1000,
         None, None, True, weights="ema",
         sources=("dit-lc/evaluation.py", "dit-lc/runTestDiT.sh", "dit-lc/models.py"),
         notes=("guidance on eps channels 0-2 only (forward_with_cfg); channels 3-7 and the variance come from "
@@ -129,6 +129,8 @@ def _sampler_options(p: dict) -> dict[str, Any]:
                "guided_channels": p["guided_channels"]}
     if p["family"] == "ldm":
         options.update(eta=p["eta"], grid="ldm", final_alpha_bar="grid")
+    else:
+        options["grid"] = "dit"
     return options
 
 

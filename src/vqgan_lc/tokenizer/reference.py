@@ -86,7 +86,7 @@ def load_restricted(path: str | os.PathLike) -> dict:
         if refused:
             raise ValueError(f"{path}: refused to unpickle {refused.group(1)}; a reference checkpoint may hold only "
                              "tensors, plain values and argparse.Namespace (other objects could run code on load), "
-                             "so re-save it keeping only its 'model' and 'args' entries") from None
+                             "so re-save it keeping only its weights ('model', 'state_dict' or 'ema') and 'args'") from None
         raise ValueError(f"{path} is not a loadable torch checkpoint (UnpicklingError: {_one_line(err)})") from None
     except Exception as err:  # noqa: BLE001 - any other reading failure gets one clear line
         raise ValueError(f"{path} is not a loadable torch checkpoint, or it is truncated "

@@ -46,6 +46,11 @@ def test_wrong_family_names_the_right_command(tmp_path):
     message = _error(lambda: convert_reference("ldm", _dit_file(tmp_path), tmp_path / "c"))
     assert "DiT-LC" in message and "reference-dit" in message
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+    # without saved arguments DiT-LC and SiT-LC weights look alike: either command is accepted
+    bare = tmp_path / "bare.pth"
+    torch.save(dit_state(8, 4, 2, 32, 1, 5, 16), bare)
+    assert convert_reference("sit", bare, tmp_path / "d", num_heads=4)["family"] == "sit"
+    assert "reference-dit or reference-sit" in _error(lambda: convert_reference("gpt", bare, tmp_path / "e"))
 
 
 def test_truncated_file_is_one_line(tmp_path):

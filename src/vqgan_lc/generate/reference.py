@@ -188,15 +188,19 @@ def _unwrap(raw: dict) -> dict[str, torch.Tensor]:
 
 _MARKERS = {"gpt": "transformer.tok_emb.weight", "ldm": "model.diffusion_model.input_blocks.0.0.weight",
             "dit": "x_embedder.proj.weight"}
-_NAMES = {"gpt": "GPT-LC", "dit": "DiT-LC", "sit": "SiT-LC", "ldm": "LDM-LC"}
+_NAMES = {"gpt": "GPT-LC", "dit": "DiT-LC", "sit": "SiT-LC", "ldm": "LDM-LC", "dit|sit": "DiT-LC or SiT-LC"}
 
 
 def _family_of(state: dict, args: dict) -> str | None:
+    """gpt, dit, sit or ldm; "dit|sit" when the weights are DiT-shaped and no saved argument tells
+    which (the two share one network)."""
     for family, marker in _MARKERS.items():
         if marker in state:
             if family == "dit":
                 model = str(args.get("model", ""))
-                return "sit" if model.startswith("SiT") or "path_type" in args else "dit"
+                if model.startswith("SiT") or "path_type" in args:
+                    return "sit"
+                return "dit" if model.startswith("DiT") else "dit|sit"
             return family
     return None
 
@@ -205,12 +209,14 @@ def _check_family(requested: str, found: str | None, source: str) -> None:
     if found is None:
         raise ValueError(f"{source} holds none of the released generators' weights (no transformer.tok_emb, "
                          "x_embedder or model.diffusion_model keys); is it a tokenizer checkpoint?")
-    if found != requested and {found, requested} != {"dit", "sit"}:
-        raise ValueError(f"{source} holds a {_NAMES[found]} checkpoint, not {_NAMES[requested]}; "
-                         f"use `vqgan-lc convert reference-{found}`")
-    if found != requested:
+    if found == requested or (found == "dit|sit" and requested in ("dit", "sit")):
+        return
+    if {found, requested} == {"dit", "sit"}:
         raise ValueError(f"{source} was trained as {_NAMES[found]} (its saved arguments say so), not "
                          f"{_NAMES[requested]}; use `vqgan-lc convert reference-{found}`")
+    command = "reference-dit or reference-sit" if found == "dit|sit" else f"reference-{found}"
+    raise ValueError(f"{source} holds a {_NAMES[found]} checkpoint, not {_NAMES[requested]}; "
+                     f"use `vqgan-lc convert {command}`")
 
 
 def _need(state: dict, keys: list[str], source: str) -> None:

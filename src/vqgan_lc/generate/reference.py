@@ -3,6 +3,7 @@ and the sampling protocol of the reference code for each.
 
     convert_reference("dit", "dit-lc-100K-f16.pth", "models/dit-lc", tokenizer="vqgan-lc-100K-f16-dim8.pth")
     reference_protocol("ldm", downsample=16)     # what its evaluation script samples with
+    sample_reference(dit, "dit", labels)         # latents sampled with those settings
 
 A conversion writes one folder: `generator/` and, when the checkpoint carries its tokenizer
 (GPT-LC: `vqgan.*`, LDM-LC: `first_stage_model.*`) or `tokenizer=` names one, `tokenizer/`
@@ -184,6 +185,18 @@ def _unwrap(raw: dict) -> dict[str, torch.Tensor]:
             raw = raw[wrapper]
             break
     return {k.removeprefix("module."): v for k, v in _tensors(raw).items()}
+
+
+def _generator_weights(raw: dict) -> tuple[dict[str, torch.Tensor], str]:
+    """The state dict a released file samples with, and which one it is: DiT/SiT train.py
+    checkpoints hold "model" and "ema" (find_model takes "ema"); the others one flat dict."""
+    if isinstance(raw.get("ema"), dict):
+        state, weights = _tensors(raw["ema"]), "ema (the weights find_model samples with)"
+    elif isinstance(raw.get("model"), dict):
+        state, weights = _tensors(raw["model"]), "model (the file holds no ema)"
+    else:
+        state, weights = _unwrap(raw), "as stored"
+    return {k.removeprefix("module."): v for k, v in state.items()}, weights
 
 
 _MARKERS = {"gpt": "transformer.tok_emb.weight", "ldm": "model.diffusion_model.input_blocks.0.0.weight",
@@ -495,13 +508,7 @@ def convert_reference(family: str, checkpoint: str | os.PathLike, out: str | os.
     source = str(checkpoint)
     raw = load_restricted(checkpoint)
     args = training_args(raw)
-    if isinstance(raw.get("ema"), dict):             # DiT/SiT train.py checkpoints
-        state, weights = _tensors(raw["ema"]), "ema (the weights find_model samples with)"
-    elif isinstance(raw.get("model"), dict):
-        state, weights = _tensors(raw["model"]), "model (the file holds no ema)"
-    else:
-        state, weights = _unwrap(raw), "as stored"
-    state = {k.removeprefix("module."): v for k, v in state.items()}
+    state, weights = _generator_weights(raw)
     _check_family(family, _family_of(state, args), source)
 
     carried = {"gpt": "vqgan.", "ldm": "first_stage_model."}.get(family)

@@ -195,6 +195,10 @@ def render(model_type: str, config: dict, *, parameters: int, trainable: int, fr
     else:
         rows += _flatten(config)
     lines += _table(rows) + [""]
+    converted = (provenance or {}).get("converted_from")
+    if isinstance(converted, dict):
+        lines += ["## Source", "", "Converted from a released checkpoint (`vqgan-lc convert`):", "",
+                  *_table(list(converted.items())), ""]
     origin = (provenance or {}).get("codebook")
     if model_type == "vqgan-lc-tokenizer":
         lines += ["## Codebook", ""]

@@ -148,5 +148,30 @@ def test_convert_takes_the_ema_weights(tmp_path, family, wrapper):
     else:
         tt = t / 1000
         assert torch.allclose(model.velocity(x, tt, y), dit_forward(ema, x, tt, y, HEADS)[:, :C], atol=1e-5, rtol=0)
-    assert process["source"]["weights"].startswith("ema") and process["tokenizer"] is None
-    assert process["sampling"]["guided_channels"] == 3 and process["sampling"]["guidance_scale"] == 8.0
+    assert process["source"]["weights"].startswith("ema") and process["tokenizer"] == ""
+    assert process["reference_protocol"]["guided_channels"] == 3 and process["reference_protocol"]["guidance_scale"] == 8.0
+
+
+def test_a_converted_folder_samples_with_the_reference_protocol_by_default(tmp_path):
+    import argparse
+
+    from reference_layouts import tokenizer_config
+    from vqgan_lc.generate.sample import SampleConfig, sample_run
+    from vqgan_lc.tokenizer.model import VQModel
+
+    torch.manual_seed(0)
+    VQModel(tokenizer_config(resolution=SIDE * 4, codebook_size=16, dim=C)).save_pretrained(tmp_path / "tok")
+    state = dit_state(C, GRID, PATCH, WIDTH, 1, CLASSES, 2 * C, seed=6)
+    torch.save({"ema": state, "args": argparse.Namespace(model="DiT-XL/2", embed_dim=C)}, tmp_path / "dit.pth")
+    convert_reference("dit", tmp_path / "dit.pth", tmp_path / "out", tokenizer=tmp_path / "tok", num_heads=HEADS)
+
+    def sample(out, **kw):
+        return sample_run(SampleConfig(run=str(tmp_path / "out"), out=str(tmp_path / out), classes=(0,), per_class=1,
+                                       progress=False, **kw))
+    report = sample("ref")
+    assert report["sampling_protocol"] == "reference" and (report["method"], report["steps"]) == ("ddpm", 250)
+    assert report["guidance_scale"] == 8.0 and report["sampler_options"] == {"grid": "dit", "guided_channels": 3}
+    with pytest.raises(ValueError, match="--protocol reference fixes"):
+        sample("bad", cfg_scale=2.0)
+    ours = sample("ours", protocol="ours", method="ddim", steps=2)
+    assert ours["sampling_protocol"] == "ours" and ours["sampler_options"] == {} and ours["guidance_scale"] == 1.0

@@ -50,7 +50,7 @@ def test_reference_protocol_sampling_equals_the_reference_loop(reference):
 def test_protocol_record_names_both_top_k_settings():
     protocol = reference_protocol("gpt")
     assert protocol["top_k"] == 100_000 and protocol["guidance_scale"] == 1.0 and protocol["temperature"] == 1.0
-    assert protocol["sampler_options"]["top_k"] == 0           # "off": every image id, as top-k 100,000 of 100,000
+    assert protocol["request"]["top_k"] == 0           # "off": every image id, as top-k 100,000 of 100,000
     text = " ".join(protocol["notes"])
     assert "24.6" in text and "15.4" in text and "10,000" in text
 
@@ -67,7 +67,7 @@ def test_convert_checkpoint_with_its_tokenizer(tmp_path, reference):
     assert tokenizer.config.autoencoder.resolution == 16
     assert torch.equal(tokenizer.state_dict()["quantizer.codebook"], checkpoint["vqgan.tok_embeddings.weight"])
     saved = json.loads((tmp_path / "out/process.json").read_text())
-    assert saved == json.loads(json.dumps(process)) and saved["sampling"]["sampler"] == "ar"
+    assert saved == json.loads(json.dumps(process)) and saved["reference_protocol"]["sampler"] == "ar"
     import hashlib
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
     assert saved["source"]["sha256"] == digest

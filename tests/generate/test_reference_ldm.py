@@ -84,7 +84,7 @@ def test_folder_holds_the_tokenizer_and_the_protocol(converted):
     tokenizer = load_pretrained(tmp / "out/tokenizer")
     assert tokenizer.config.autoencoder.resolution == 16 and tokenizer.config.quantizer.dim == IN
     process = json.loads((tmp / "out/process.json").read_text())
-    sampling = process["sampling"]
+    sampling = process["reference_protocol"]
     assert (sampling["sampler"], sampling["steps"], sampling["eta"], sampling["guided_channels"]) == ("ddim", 200, 1.0,
                                                                                                       None)
     assert sampling["guidance_scale"] == 1.4      # the tokenizer is not f16: the f8 setting of runTestLDM.sh

@@ -30,6 +30,9 @@ class StubModel(nn.Module):
         self.register_buffer("var_cond", torch.full((CHANNELS,), 0.4))
         self.register_buffer("var_null", torch.full((CHANNELS,), -0.6))
 
+    def velocity(self, x, t, y):  # what the SiT wrapper calls (a DiT scales t here; the stub ignores t)
+        return self(x, t, y)
+
     def forward(self, x, t, y):
         is_null = (y == NUM_CLASSES)[:, None]
         cond = self.cond[y.clamp(max=NUM_CLASSES - 1)]

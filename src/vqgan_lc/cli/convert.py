@@ -27,10 +27,10 @@ def convert(args) -> int:
     common.writable_out(args.out, "output folder")
     process = convert_reference(args.kind.split("-", 1)[1], args.checkpoint, args.out, tokenizer=args.tokenizer,
                                 config=args.config, num_heads=args.num_heads)
-    sampling = process["sampling"]
+    sampling = process["reference_protocol"]
     print(f"{args.kind} -> {args.out}/generator ({process['source']['weights'].split(' ')[0]} weights)"
           f"{', tokenizer/' if process['tokenizer'] else ' (no tokenizer: pass --tokenizer to decode)'}; "
           f"reference protocol in {args.out}/process.json: {sampling['sampler']}"
           f"{'' if sampling['steps'] is None else ' ' + str(sampling['steps'])} steps, "
-          f"guidance {sampling['guidance_scale']}")
+          f"guidance {sampling['guidance_scale']}; sample it with `vqgan-lc sample {args.out} --out SAMPLES`")
     return 0

@@ -54,6 +54,9 @@ def register(sub) -> None:
     p.add_argument("--out", required=True, help="samples folder: empty, or holding this same sampling (resumed)")
     p.add_argument("--overwrite", action="store_true", help="clear --out first when it holds anything else")
     p.add_argument("--fid-protocol", action="store_true", help="the paper's FID protocol: 50 samples of every class")
+    p.add_argument("--protocol", choices=("ours", "reference"), help="ours: the flags below; reference: the released "
+                   "model's own sampler, steps, grid, guidance and channels (top-k may be set); None: the folder's "
+                   "(reference for converted checkpoints)")
     p.add_argument("--npz", action="store_true", help="also write samples.npz, the ADM suite's sample batch "
                    "(arr_0 uint8 N x H x W x 3, arr_1 labels)")
     p.add_argument("--no-png", action="store_true", help="write no PNG per sample (with --npz)")
@@ -132,7 +135,8 @@ def sample(args) -> int:
     from ..generate.sample import SampleConfig, sample_run
     config = SampleConfig(run=args.run, out=args.out, classes=args.classes, per_class=50 if args.fid_protocol and
                           args.per_class == 4 else args.per_class, fid_protocol=args.fid_protocol,
-                          cfg_scale=args.cfg_scale, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                          protocol=args.protocol, cfg_scale=args.cfg_scale, temperature=args.temperature,
+                          top_k=args.top_k, top_p=args.top_p,
                           method=args.method, steps=args.steps, snap=not args.no_snap, png=not args.no_png,
                           npz=args.npz, batch_size=args.batch_size, seed=args.seed, overwrite=args.overwrite,
                           device=args.device)

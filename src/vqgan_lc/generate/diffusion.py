@@ -78,7 +78,6 @@ SCHEDULE_PRESETS = {
 }
 
 
-GRIDS = ("even", "dit", "ldm")
 FINAL_ALPHA_BARS = ("one", "grid")
 
 
@@ -106,6 +105,10 @@ def ldm_ddim_steps(num_timesteps: int, steps: int) -> torch.Tensor:
     if int(kept[-1]) >= num_timesteps:
         raise ValueError(f"the ldm grid of {steps} steps over {num_timesteps} runs past the schedule; use fewer steps")
     return kept
+
+
+# timestep grid name -> (schedule length, steps) -> the kept steps
+GRIDS = {"even": spaced_steps, "dit": dit_spaced_steps, "ldm": ldm_ddim_steps}
 
 
 class GaussianDiffusion:
@@ -258,14 +261,9 @@ class GaussianDiffusion:
         rounding of that spread (see `dit_spaced_steps`); "ldm" is LDM's DDIM grid (see `ldm_ddim_steps`)."""
         if grid not in GRIDS:
             raise ValueError(f"unknown timestep grid {grid!r}; use one of {', '.join(GRIDS)}")
-        if grid == "ldm":
-            kept = ldm_ddim_steps(self.num_timesteps, steps)
-        elif grid == "dit":
-            kept = dit_spaced_steps(self.num_timesteps, steps)
-        else:
-            kept = spaced_steps(self.num_timesteps, steps)
-            if steps == self.num_timesteps:
-                return self
+        if grid == "even" and steps == self.num_timesteps:
+            return self
+        kept = GRIDS[grid](self.num_timesteps, steps)
         kept_bar = self.alphas_cumprod[kept]
         previous = torch.cat([torch.ones(1, dtype=torch.float64), kept_bar[:-1]])
         spaced = object.__new__(type(self))

@@ -14,7 +14,7 @@ subclass of `Family` with its model module and one `register_family(...)` call (
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
@@ -35,13 +35,16 @@ class DataSpec:
 
 @dataclass
 class SampleRequest:
-    """Sampling settings a family reads; `method` and `steps` are already resolved."""
+    """Sampling settings a family reads; `method` and `steps` are already resolved. `options`
+    go to the process's sampler as they are (guided_channels, grid, eta, final_alpha_bar, atol,
+    rtol: what a protocol such as the reference code's needs beyond our defaults)."""
     method: str
     steps: int | None
     cfg_scale: float = 1.0
     temperature: float = 1.0
     top_k: int | None = None
     top_p: float | None = None
+    options: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -89,7 +92,8 @@ class Family:
         raise NotImplementedError
 
     def sample(self, model: nn.Module, process: Any, labels: torch.Tensor, request: SampleRequest,
-               shape: tuple[int, ...], rng) -> Drawn:
+               shape: tuple[int, ...], rng, noise: torch.Tensor | None = None) -> Drawn:
+        """Draw for `labels` (B,); `noise` (B, *shape) replaces the starting noise drawn from `rng`."""
         raise NotImplementedError
 
     def check_data(self, preset: str, data: DataSpec) -> None:
@@ -134,9 +138,9 @@ class TokenFamily(Family):
     def training_loss(self, model, process, x, labels):
         return model.training_loss(x, labels)
 
-    def sample(self, model, process, labels, request, shape, rng) -> Drawn:
+    def sample(self, model, process, labels, request, shape, rng, noise=None) -> Drawn:
         ids = model.generate(labels, temperature=request.temperature, top_k=request.top_k, top_p=request.top_p,
-                             cfg_scale=request.cfg_scale, generator=rng)
+                             cfg_scale=request.cfg_scale, generator=rng, **request.options)
         return Drawn(ids=ids.view(len(labels), *shape[-2:]), nfe=ids.shape[1])
 
 
@@ -182,12 +186,13 @@ class DiffusionFamily(LatentFamily):
         from .diffusion import GaussianDiffusion
         return GaussianDiffusion.from_preset(self.schedule, num_timesteps=process_config.diffusion_steps)
 
-    def sample(self, model, process, labels, request, shape, rng) -> Drawn:
+    def sample(self, model, process, labels, request, shape, rng, noise=None) -> Drawn:
         from .noise import randn
-        noise = randn((len(labels), *shape), generator=rng, device=labels.device)
+        if noise is None:
+            noise = randn((len(labels), *shape), generator=rng, device=labels.device)
         x = process.sample(self.network(model), noise, labels, cfg_scale=request.cfg_scale,
                            null_label=model.config.num_classes, method=request.method, steps=request.steps,
-                           generator=rng)
+                           generator=rng, **request.options)
         return Drawn(latents=x, nfe=request.steps)
 
 
@@ -211,18 +216,16 @@ class UNetFamily(DiffusionFamily):
 
 
 class SiTBackbone(nn.Module):
-    """A DiT read as a velocity field of continuous time t in [0, 1] (DiT embeds step units,
-    so t is scaled to them; a model that carries its own scale says so in its config)."""
+    """A DiT read as a velocity field of continuous time t in [0, 1]: `DiT.velocity` scales t by
+    the model's `sit_time_scale` (1000 for ours, whose embedder sees step units; 1 for SiT-LC)."""
 
     def __init__(self, dit: nn.Module):
         super().__init__()
         self.dit = dit
+        self.config = dit.config  # the sampler reads num_classes for the null class
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        if hasattr(self.dit, "velocity"):
-            return self.dit.velocity(x, t, y)
-        from .dit import TIMESTEP_SCALE
-        return self.dit(x, t * TIMESTEP_SCALE, y)
+        return self.dit.velocity(x, t, y)
 
 
 class InterpolantFamily(LatentFamily):
@@ -253,12 +256,13 @@ class InterpolantFamily(LatentFamily):
         from .transport import Transport
         return Transport()
 
-    def sample(self, model, process, labels, request, shape, rng) -> Drawn:
+    def sample(self, model, process, labels, request, shape, rng, noise=None) -> Drawn:
         from .noise import randn
-        noise = randn((len(labels), *shape), generator=rng, device=labels.device)
+        if noise is None:
+            noise = randn((len(labels), *shape), generator=rng, device=labels.device)
         x, info = process.sample(self.network(model).eval(), noise, labels, cfg_scale=request.cfg_scale,
                                  null_label=model.config.num_classes, method=request.method,
-                                 steps=request.steps or 1, generator=rng)
+                                 steps=request.steps or 1, generator=rng, **request.options)
         return Drawn(latents=x, nfe=int(info["nfe"]))
 
 

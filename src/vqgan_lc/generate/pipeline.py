@@ -36,6 +36,7 @@ PROCESS_NAME = "process.json"
 GENERATOR_DIR = "generator"
 TOKENIZER_DIR = "tokenizer"
 PIPELINE_FORMAT = 1
+PROTOCOLS = ("ours", "reference")
 
 
 @dataclass
@@ -51,8 +52,11 @@ class ProcessConfig(Config):
     image_size: int = 0                       # the resolution the tokenizer decodes the grid to
     method: str | None = None                 # default sampler (None: the family's)
     steps: int | None = None                  # default steps (None: the sampler's)
-    tokenizer: str = TOKENIZER_DIR            # a folder relative to the pipeline folder, or a hub id
+    tokenizer: str = TOKENIZER_DIR            # a folder relative to the pipeline folder, or a hub id ("": none)
     tokenizer_fingerprint: str = ""
+    protocol: str = "ours"                    # what `sample` uses unless told: "ours" | "reference"
+    reference_protocol: dict | None = None    # a released model's own sampling protocol (converted folders)
+    source: dict | None = None                # what a converted folder was made from (file, sha256, weights)
     format_version: int = PIPELINE_FORMAT
 
     def check(self) -> None:
@@ -65,6 +69,8 @@ class ProcessConfig(Config):
                              f"{self.num_classes}")
         if self.method is not None:
             family.resolve_sampler(self.method, self.steps)
+        if self.protocol not in PROTOCOLS:
+            raise ValueError(f"{PROCESS_NAME}: protocol must be one of {', '.join(PROTOCOLS)}, got {self.protocol!r}")
         if self.format_version > PIPELINE_FORMAT:
             raise ValueError(f"{PROCESS_NAME} has format_version {self.format_version}, newer than this vqgan-lc "
                              f"understands ({PIPELINE_FORMAT}); upgrade vqgan-lc")
@@ -140,6 +146,9 @@ class GenerationPipeline:
         if (folder / PROCESS_NAME).is_file():
             process = read_process(folder)
             generator = load_pretrained(folder / GENERATOR_DIR, map_location)
+            if not process.tokenizer:
+                raise FileNotFoundError(f"{folder} holds no tokenizer to decode with; convert it again with "
+                                        "--tokenizer (the released VQGAN-LC checkpoint or a tokenizer folder)")
             local = folder / process.tokenizer
             tokenizer_dir = local if local.is_dir() else _resolve_tokenizer(process.tokenizer)
             check_tokenizer(tokenizer_dir, process.tokenizer_fingerprint, f"the pipeline {folder}")

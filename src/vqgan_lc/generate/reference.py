@@ -55,12 +55,18 @@ class ReferenceProtocol:
     guidance_scale: float
     guided_channels: int | None       # leading channels guided; None: all
     null_class: int | None
-    top_k: int | None
+    top_k: int | None                 # the reference script's top-k
     temperature: float | None
     snap: bool                        # latents snapped to the codebook before decoding
     atol: float | None = None
     rtol: float | None = None
     weights: str = "as stored"
+    # the top-k our sampler is given, where it differs (0: no filtering, which keeping all ids is)
+    sampling_top_k: int | None = None
+    # sampler keyword arguments beyond method/steps/guidance that reproduce the reference
+    options: dict = field(default_factory=dict)
+    # tokenizer downsampling factor -> guidance scale, where the released scripts differ by it
+    guidance_by_downsample: dict = field(default_factory=dict)
     sources: tuple[str, ...] = ()
     notes: tuple[str, ...] = field(default_factory=tuple)
 
@@ -68,28 +74,30 @@ class ReferenceProtocol:
 _PROTOCOLS = {
     "gpt": ReferenceProtocol(
         "gpt", "ar", None, "class token first, then 256 image tokens in raster order", None, 1.0, None, None,
-        100_000, 1.0, True, weights="as stored (no EMA)",
+        100_000, 1.0, True, weights="as stored (no EMA)", sampling_top_k=0,
         sources=("vqgan-gpt-lc/eval_generation.py", "vqgan-gpt-lc/runTestGPT.sh", "vqgan-gpt-lc/models/models_gpt.py"),
-        notes=("top-k 100,000 keeps every image id (no filtering): the setting of runTestGPT.sh, with which the "
-               "reference repository's issue #7 reports FID 24.6",
+        notes=("top-k 100,000 keeps every image id (no filtering): the setting of runTestGPT.sh, "
+               "with which the reference repository's issue #7 reports FID 24.6",
                "the paper's FID 15.4 is, per the authors' reply in issue #7, obtained with top-k 10,000 "
-               "(10% of the vocabulary): pass top_k=10000 for that",
+               "(10% of the vocabulary): pass --top-k 10000 for that",
                "no classifier-free guidance: the model has no null class (one is appended here, never used)")),
     "dit": ReferenceProtocol(
         "dit", "ddpm", 250, "DiT's respacing: 250 of 1000 steps, a stride of 999 / 249 accumulated and rounded", None, 8.0, 3, 1000,
-        None, None, True, weights="ema",
+        None, None, True, weights="ema", options={"grid": "dit", "guided_channels": 3},
         sources=("dit-lc/evaluation.py", "dit-lc/runTestDiT.sh", "dit-lc/models.py"),
         notes=("guidance on eps channels 0-2 only (forward_with_cfg); channels 3-7 and the variance come from "
                "the conditional pass", "learned variance; no clipping of x0")),
     "sit": ReferenceProtocol(
         "sit", "dopri5", None, "t from 0 to 1 (linear path, velocity prediction)", None, 8.0, 3, 1000,
         None, None, True, atol=1e-6, rtol=1e-3, weights="ema",
+        options={"atol": 1e-6, "rtol": 1e-3, "guided_channels": 3},
         sources=("sit-lc/evaluation.py", "sit-lc/runTestSiT.sh", "sit-lc/models.py"),
         notes=("the network embeds t in [0, 1] as it is (sit_time_scale 1)",
                "guidance on velocity channels 0-2 only")),
     "ldm": ReferenceProtocol(
         "ldm", "ddim", 200, "LDM's uniform DDIM grid 1, 6, ..., 996; the last step ends on alpha_bar of step 0",
         1.0, 1.6, None, 1000, None, None, True, weights="ema",
+        options={"eta": 1.0, "grid": "ldm", "final_alpha_bar": "grid"}, guidance_by_downsample={16: 1.6, 8: 1.4},
         sources=("ldm-lc/run_evaluations.py", "ldm-lc/runTestLDM.sh", "ldm-lc/configs/imagenet-f16-vqgan-lc-100K.yaml"),
         notes=("guidance 1.6 for f16, 1.4 for f8 (runTestLDM.sh), on all channels",
                "noise is added at every step, the last included (its sigma is not 0 on this grid)")),
@@ -99,68 +107,65 @@ _PROTOCOLS = {
 def reference_protocol(family: str, *, downsample: int = 16) -> dict[str, Any]:
     """The reference protocol's sampling settings for a family, as plain data.
 
-    `downsample` (LDM only): the tokenizer's factor, 16 or 8, which sets the guidance scale
-    (1.6 / 1.4 in ldm-lc/runTestLDM.sh; other factors get the f8 one). Keys: family, sampler, steps, timestep_grid, eta,
-    guidance_scale, guided_channels, null_class, top_k, temperature, snap, atol, rtol, weights,
-    sources, notes, and `sampler_options`: keyword arguments for `GaussianDiffusion.sample` /
-    `Transport.sample` / `GPT.generate` that reproduce it (see `sample_reference`).
+    `downsample`: the tokenizer's factor, where the released scripts' guidance depends on it
+    (LDM: 1.6 for f16, 1.4 for f8 in ldm-lc/runTestLDM.sh; other factors get the f8 one). Keys:
+    the `ReferenceProtocol` fields, `repository`, and `request`: the `SampleRequest` fields that
+    reproduce it (see `protocol_request`).
     """
     if family not in _PROTOCOLS:
-        raise ValueError(f"unknown generator family {family!r}; the reference protocols are {', '.join(FAMILIES)}")
+        raise ValueError(f"unknown generator family {family!r}; the reference protocols are {', '.join(_PROTOCOLS)}")
     record = asdict(_PROTOCOLS[family])
     record["sources"], record["notes"] = list(record["sources"]), list(record["notes"])
-    if family == "ldm":
-        record["guidance_scale"] = 1.6 if downsample == 16 else 1.4
-        if downsample not in (8, 16):
-            record["notes"].append(f"f{downsample}: LDM-LC was released for f16 and f8 only; the f8 scale is used")
+    by_factor = record.pop("guidance_by_downsample")
+    if by_factor:
+        record["guidance_scale"] = by_factor.get(downsample, min(by_factor.items())[1])
+        if downsample not in by_factor:
+            record["notes"].append(f"f{downsample}: the released scripts cover f{' and f'.join(map(str, by_factor))} "
+                                   f"only; the f{min(by_factor)} scale is used")
     record["repository"] = REPOSITORY
-    record["sampler_options"] = _sampler_options(record)
+    record["request"] = {"method": record["sampler"], "steps": record["steps"], "cfg_scale": record["guidance_scale"],
+                         "temperature": record["temperature"] or 1.0,
+                         "top_k": record["top_k"] if record["sampling_top_k"] is None else record["sampling_top_k"],
+                         "options": dict(record["options"])}
     return record
 
 
-def _sampler_options(p: dict) -> dict[str, Any]:
-    if p["family"] == "gpt":
-        # top_k 0 is "off" in GPT.generate: every image id stays, what top-k 100,000 of 100,000 ids does
-        return {"temperature": p["temperature"], "top_k": 0, "top_p": None, "cfg_scale": p["guidance_scale"]}
-    # the null class is the model's num_classes (1000 for the released models): sample_reference sets it
-    if p["family"] == "sit":
-        return {"method": "dopri5", "atol": p["atol"], "rtol": p["rtol"], "cfg_scale": p["guidance_scale"],
-                "guided_channels": p["guided_channels"]}
-    options = {"method": p["sampler"], "steps": p["steps"], "cfg_scale": p["guidance_scale"],
-               "guided_channels": p["guided_channels"]}
-    if p["family"] == "ldm":
-        options.update(eta=p["eta"], grid="ldm", final_alpha_bar="grid")
-    else:
-        options["grid"] = "dit"
-    return options
+def protocol_request(record: dict, **changes: Any):
+    """The `SampleRequest` of a protocol record (`reference_protocol` output, or the copy a
+    converted folder's process.json keeps), with single settings changed (e.g. top_k=10000)."""
+    from .families import SampleRequest
+
+    fields = {**record["request"], "options": dict(record["request"]["options"])}
+    for key, value in changes.items():
+        if key in fields:
+            fields[key] = value
+        else:
+            fields["options"][key] = value
+    return SampleRequest(**fields)
 
 
 @torch.no_grad()
 def sample_reference(model: PretrainedModel, family: str, labels: torch.Tensor, *,
                      noise: torch.Tensor | None = None, generator: torch.Generator | None = None,
                      downsample: int = 16, **changes: Any) -> torch.Tensor:
-    """Sample `model` as the reference script of `family` does: token ids (gpt) or latents.
+    """Sample `model` as the reference script of `family` does: token ids (B, L) or latents.
 
     `noise` (B, C, h, w): the starting latents (drawn from `generator` when None); `changes`
-    override single settings of `reference_protocol(family)["sampler_options"]` (e.g. top_k).
+    override single settings of the protocol (e.g. top_k).
     """
-    options = {**reference_protocol(family, downsample=downsample)["sampler_options"], **changes}
+    from types import SimpleNamespace
+
+    from .families import get_family
+
+    record = get_family(family)
+    request = protocol_request(reference_protocol(family, downsample=downsample), **changes)
     labels = torch.as_tensor(labels, dtype=torch.long, device=model.device)
-    if family == "gpt":
-        return model.generate(labels, generator=generator, **options)
-    c = model.config
-    if noise is None:
-        noise = torch.randn((len(labels), c.in_channels, c.input_size, c.input_size), generator=generator,
-                            device=model.device)
     model.eval()
-    options.setdefault("null_label", c.num_classes)
-    if family == "sit":
-        from .transport import Transport
-        x, _ = Transport().sample(model.velocity, noise, labels, generator=generator, **options)
-        return x
-    from .diffusion import GaussianDiffusion
-    process = GaussianDiffusion.from_preset(family if family == "ldm" else "dit")
-    return process.sample(model, noise, labels, generator=generator, **options)
+    c = model.config
+    shape = (c.in_channels, c.input_size, c.input_size) if record.data_kind == "latents" else (1, c.block_size)
+    process = record.build_process(SimpleNamespace(diffusion_steps=1000))
+    drawn = record.sample(model, process, labels, request, shape, generator, noise=noise)
+    return drawn.latents if drawn.ids is None else drawn.ids.reshape(len(labels), -1)
 
 
 # ----------------------------------------------------------------------------- reading checkpoints
@@ -592,12 +597,23 @@ def convert_reference(family: str, checkpoint: str | os.PathLike, out: str | os.
                 "sha256": tokenizer_sha or digest, "format": "VQGAN-LC tokenizer", "weights": "as stored",
                 "repository": REPOSITORY}}
         tokenizer_model.save_pretrained(out / TOKENIZER_DIR)
-    process = {"family": family, "generator": GENERATOR_DIR,
-               "tokenizer": TOKENIZER_DIR if tokenizer_model is not None else None,
-               "protocol": "reference",
-               "sampling": reference_protocol(family, downsample=downsample or 16),
-               "source": {"file": Path(source).name, "sha256": digest, "weights": weights}}
-    if tokenizer_model is None:
-        process["note"] = "no tokenizer converted: pass --tokenizer (the VQGAN-LC checkpoint) to decode samples"
+    # process.json as every pipeline folder has it, the reference protocol its default
+    from ..tokenizer.fingerprint import tokenizer_fingerprint
+    from .families import get_family
+    from .pipeline import ProcessConfig
+
+    tokens = get_family(family).data_kind == "tokens"
+    process = ProcessConfig(
+        family=family, diffusion_steps=1000, latent_scale=1.0, grid=(grid, grid),
+        latent_dim=0 if tokens else model.config.in_channels,
+        codebook_size=model.config.vocab_size if tokens else (tokenizer_model.num_codes if tokenizer_model else 1),
+        num_classes=model.config.num_classes, image_size=grid * downsample if downsample else 0,
+        tokenizer=TOKENIZER_DIR if tokenizer_model is not None else "",
+        tokenizer_fingerprint=tokenizer_fingerprint(out / TOKENIZER_DIR) if tokenizer_model is not None else "",
+        protocol="reference", reference_protocol=reference_protocol(family, downsample=downsample or 16),
+        source={"file": Path(source).name, "sha256": digest, "weights": weights, "repository": REPOSITORY,
+                **({} if tokenizer_model is not None else
+                   {"note": "no tokenizer converted: pass --tokenizer (the VQGAN-LC checkpoint) to decode samples"})},
+    ).validate().to_dict()
     atomic_write_json(out / PROCESS_NAME, process)
     return process

@@ -51,6 +51,9 @@ class SampleConfig(Config):
     classes: tuple[int, ...] = ()      # class ids to sample; empty = every class
     per_class: int = 4
     fid_protocol: bool = False         # the paper's FID protocol: 50 per class over every class
+    # "ours" (the settings below) | "reference" (the released model's own sampler, steps, grid,
+    # guidance and channels, top-k; `top_k` may still be set) | None: the folder's default
+    protocol: str | None = None
     cfg_scale: float = 1.0             # classifier-free guidance (1.0: conditional only)
     temperature: float = 1.0           # gpt
     top_k: int | None = None           # gpt; None = 10% of the vocabulary (the paper), 0 = off
@@ -83,6 +86,8 @@ class SampleConfig(Config):
                              "--per-class for more samples")
         if not (self.png or self.npz):
             raise ValueError("--no-png without --npz would write no images; keep the PNGs or add --npz")
+        if self.protocol not in (None, "ours", "reference"):
+            raise ValueError(f"protocol must be ours or reference, got {self.protocol!r}")
         if self.fid_protocol and (self.classes or self.per_class != 50):
             raise ValueError("--fid-protocol samples 50 per class of every class; drop --classes and --per-class")
 
@@ -149,7 +154,6 @@ def sample_run(config: SampleConfig) -> dict:
     from tqdm.auto import tqdm
 
     from ..data.grid import save_png
-    from .families import SampleRequest
     from .noise import RowGenerators
     from .pipeline import GenerationPipeline
 
@@ -163,22 +167,8 @@ def sample_run(config: SampleConfig) -> dict:
     classes = list(config.classes) or list(range(num_classes))
     if max(classes) >= num_classes:
         raise ValueError(f"class {max(classes)} does not exist: the generator knows classes 0..{num_classes - 1}")
-    method = config.method or process.method
-    steps = config.steps
-    if steps is None and method == process.method:
-        steps = process.steps  # the pipeline's default steps go with its default sampler only
-    method, steps = family.resolve_sampler(method, steps)
-    request = SampleRequest(method=method, steps=steps, cfg_scale=config.cfg_scale, temperature=config.temperature,
-                            top_k=config.top_k, top_p=config.top_p)
-    if family.data_kind == "tokens":
-        if not config.snap:
-            raise ValueError(f"{family.name} draws token ids, which are codebook entries already; --no-snap only "
-                             "applies to latent generators (dit, sit, ldm)")
-        if request.top_k is None:
-            request.top_k = max(1, process.codebook_size // 10)  # the paper's 10% of the vocabulary
-    elif (config.top_k, config.top_p, config.temperature) != (None, None, 1.0):
-        raise ValueError(f"--top-k, --top-p and --temperature are token sampling settings; {family.name} draws "
-                         "latents (use --cfg-scale, --method, --steps)")
+    protocol = config.protocol or process.protocol
+    request = (_reference_request(config, pipeline) if protocol == "reference" else _our_request(config, pipeline))
 
     identity = _identity(config, _generator_fingerprint(pipeline))
     out, resumed = _prepare_out(config, identity, env.is_main)
@@ -196,7 +186,7 @@ def sample_run(config: SampleConfig) -> dict:
     width = _name_width(config.per_class)
     started = time.perf_counter()
     bar = tqdm(total=sum(min(config.batch_size, len(labels) - chunks[k]) for k in todo), unit="sample",
-               desc=f"sampling ({family.name}, {method})", disable=not (config.progress and env.is_main))
+               desc=f"sampling ({family.name}, {request.method})", disable=not (config.progress and env.is_main))
     for k in todo:
         first = chunks[k]
         indices = list(range(first, min(first + config.batch_size, len(labels))))
@@ -219,13 +209,57 @@ def sample_run(config: SampleConfig) -> dict:
     bar.close()
     seconds = time.perf_counter() - started
     distributed.barrier()
-    report = _finish(config, pipeline, out, labels, chunks, classes, names, method, steps, request, seconds,
+    report = _finish(config, pipeline, out, labels, chunks, classes, names, request, protocol, seconds,
                      resumed, len(todo)) if env.is_main else {}
     distributed.barrier()
     return report
 
 
-def _finish(config, pipeline, out: Path, labels, chunks, classes, names, method, steps, request, seconds, resumed,
+def _our_request(config: SampleConfig, pipeline):
+    """Our sampling settings: the flags, with the family's (or the folder's) defaults filled in."""
+    from .families import SampleRequest
+
+    family, process = pipeline.family, pipeline.process_config
+    method = config.method or process.method
+    steps = config.steps
+    if steps is None and method == process.method:
+        steps = process.steps  # the pipeline's default steps go with its default sampler only
+    method, steps = family.resolve_sampler(method, steps)
+    request = SampleRequest(method=method, steps=steps, cfg_scale=config.cfg_scale, temperature=config.temperature,
+                            top_k=config.top_k, top_p=config.top_p)
+    if family.data_kind == "tokens":
+        if not config.snap:
+            raise ValueError(f"{family.name} draws token ids, which are codebook entries already; --no-snap only "
+                             "applies to latent generators (dit, sit, ldm)")
+        if request.top_k is None:
+            request.top_k = max(1, process.codebook_size // 10)  # the paper's 10% of the vocabulary
+    elif (config.top_k, config.top_p, config.temperature) != (None, None, 1.0):
+        raise ValueError(f"--top-k, --top-p and --temperature are token sampling settings; {family.name} draws "
+                         "latents (use --cfg-scale, --method, --steps)")
+    return request
+
+
+def _reference_request(config: SampleConfig, pipeline):
+    """The released model's own protocol (recorded in a converted folder's process.json, else the
+    reference scripts' for this family); only top-k may be changed (the paper's GPT FID used 10%)."""
+    from .reference import protocol_request, reference_protocol
+
+    family, process = pipeline.family, pipeline.process_config
+    defaults = SampleConfig(run=config.run, out=config.out)
+    fixed = [flag for flag, name in (("--method", "method"), ("--steps", "steps"), ("--cfg-scale", "cfg_scale"),
+                                     ("--temperature", "temperature"), ("--top-p", "top_p"), ("--no-snap", "snap"))
+             if getattr(config, name) != getattr(defaults, name)]
+    if fixed:
+        raise ValueError(f"--protocol reference fixes the sampler, its steps, guidance and snapping; drop "
+                         f"{', '.join(fixed)} or use --protocol ours")
+    record = process.reference_protocol or reference_protocol(
+        family.name, downsample=pipeline.tokenizer.config.autoencoder.downsample_factor)
+    request = protocol_request(record, **({} if config.top_k is None else {"top_k": config.top_k}))
+    family.resolve_sampler(request.method, request.steps)  # the family must know the reference's sampler
+    return request
+
+
+def _finish(config, pipeline, out: Path, labels, chunks, classes, names, request, protocol, seconds, resumed,
             drawn_chunks) -> dict:
     """Rank 0: merge the chunk files into tokens.npy, labels.npy, samples.npz and grid.png, and report."""
     from ..evaluate.evaluator import write_report
@@ -256,10 +290,11 @@ def _finish(config, pipeline, out: Path, labels, chunks, classes, names, method,
     report = {
         "generator": config.run, "family": family.name, "num_samples": int(len(labels)), "classes": classes,
         "class_names": {str(c): names[c] for c in classes}, "per_class": config.per_class,
-        "fid_protocol": config.fid_protocol, "guidance_scale": config.cfg_scale, "method": method, "steps": steps,
+        "fid_protocol": config.fid_protocol, "sampling_protocol": protocol, "guidance_scale": request.cfg_scale,
+        "method": request.method, "steps": request.steps, "sampler_options": request.options,
         "mean_nfe": float(np.mean(nfe)) if nfe and not is_tokens else None,
-        "snapped": config.snap, "temperature": config.temperature if is_tokens else None,
-        "top_k": request.top_k if is_tokens else None, "top_p": config.top_p if is_tokens else None,
+        "snapped": config.snap, "temperature": request.temperature if is_tokens else None,
+        "top_k": request.top_k if is_tokens else None, "top_p": request.top_p if is_tokens else None,
         "seed": config.seed, "batch_size": config.batch_size, "world_size": distributed.world_size(),
         "codebook_size": process.codebook_size, "utilization": stats["utilization"],
         "num_used": stats["num_used"], "num_tokens": stats["num_tokens"],

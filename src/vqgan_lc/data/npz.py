@@ -121,7 +121,7 @@ class NpzImages:
                     raise ValueError(f"{self.path}: {IMAGES_KEY} ends after {lo + len(data) // self.row_bytes} of "
                                      f"{len(self)} images; the file is truncated")
                 data += piece
-            yield np.frombuffer(bytes(data), dtype=np.uint8).reshape(n, *self.shape[1:])
+            yield np.frombuffer(data, dtype=np.uint8).reshape(n, *self.shape[1:])  # writable: owns its bytes
 
     def read(self, start: int = 0, stop: int | None = None) -> np.ndarray:
         """Rows [start, stop) as one array (for small ranges)."""

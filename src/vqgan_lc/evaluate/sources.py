@@ -67,5 +67,5 @@ class NpzBatchImages:
 
     def batches(self, lo: int, hi: int, batch_size: int) -> Iterator[ImageBatch]:
         for start, rows in zip(range(lo, hi, batch_size), self.reader.batches(lo, hi, batch_size)):
-            images = torch.from_numpy(np.ascontiguousarray(rows)).permute(0, 3, 1, 2).contiguous()
+            images = torch.from_numpy(rows).permute(0, 3, 1, 2).contiguous()
             yield ImageBatch(images, torch.arange(start, start + rows.shape[0], dtype=torch.int64))

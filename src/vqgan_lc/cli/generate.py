@@ -143,7 +143,12 @@ def eval_gen(args) -> int:
             raise ValueError("eval-gen stats summarises one set: drop --reference")
         info = compute_reference_stats(StatsConfig(source=args.stats_source, out=args.out, device=args.device,
                                                    max_images=args.max_images, **chosen))
-        if info is not None:
+        if info is None:
+            from ..distributed import is_main
+            if is_main():
+                print(f"{args.out}: not finished yet (progress saved in {args.out}.partial); run the same command again "
+                      "to continue")
+        else:
             print(f"statistics of {info['num_images']} images ({'Inception + ' if info['inception'] else ''}FD-lite0; "
                   f"{info['pool_images']} pool feature rows for precision / recall) -> {args.out}")
         return 0

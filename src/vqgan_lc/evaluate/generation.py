@@ -340,11 +340,11 @@ def _stream(source, side: SideFeatures, compute, *, lo: int, hi: int, batch_size
             skipped += batch.num_skipped
             upscaled += batch.num_upscaled
             position += batch.images.shape[0] + batch.num_skipped
-            bar.update(batch.images.shape[0] + batch.num_skipped)
             if batch.images.shape[0]:
                 side.update(compute(batch.images), batch.positions)
                 if on_batch is not None:
                     on_batch(batch)
+            bar.update(batch.images.shape[0] + batch.num_skipped)  # after the work: the rate and ETA are honest
             if after_batch is not None:
                 after_batch(position, skipped, upscaled)
     bar.close()
@@ -425,9 +425,9 @@ def evaluate_samples(config: GenEvalConfig) -> dict | None:
         counts["samples"] = _stream(samples.images, fake, compute, lo=lo, hi=hi, batch_size=config.batch_size,
                                     desc="eval-gen: samples", progress=config.progress, on_batch=on_batch)
     ref_stats = reference.stats
-    if reference.images is not None:
+    stream_all = reference.kind != "stats" or "mu_lite0" not in ref_stats  # a stats file lacks FD-lite0 moments
+    if reference.images is not None and (stream_all or use_fid):
         n = len(reference)
-        stream_all = reference.kind != "stats" or (ref_stats is not None and "mu_lite0" not in ref_stats)
         keep = _pr_positions(n, config.pr_reference_images) if use_fid else None
         lo, hi = distributed.slice_of(n)
         real = SideFeatures(dims if stream_all else {}, keep=keep, device=device)
@@ -444,7 +444,15 @@ def evaluate_samples(config: GenEvalConfig) -> dict | None:
     if not env.is_main:
         distributed.barrier()
         return None
+    try:
+        return _write_report(config, out, use_fid, samples, reference, fake, real, pr, sampler, consistency,
+                             classifier_info, consistency_reason, nets, counts, notes)
+    finally:
+        distributed.barrier()  # the other ranks wait here, also when the report fails
 
+
+def _write_report(config, out, use_fid, samples, reference, fake, real, pr, sampler, consistency, classifier_info,
+                  consistency_reason, nets, counts, notes) -> dict:
     report = _metrics(use_fid, samples, reference, fake, real, pr)
     usage, utilization_text = _utilization(samples.path, sampler) if samples.kind == "folder" else (
         None, "not measured: the samples are not a sampler folder (tokens.npy + report.json)")
@@ -464,7 +472,6 @@ def evaluate_samples(config: GenEvalConfig) -> dict | None:
     report["protocol"] = _protocol(config, report, samples, reference, use_fid, nets, counts, usage,
                                    utilization_text, consistency_reason, classifier_info, notes)
     write_report(report, out / "report.json")
-    distributed.barrier()
     return report
 
 

@@ -258,3 +258,21 @@ def test_one_line_errors(trained, reference, tmp_path):
     _copy_class(reference, "apple", samples / "7", 3)  # class id 7 of a 3-class reference set
     with pytest.raises(ValueError, match="class id 7"):
         evaluate_samples(_config(samples, reference, tmp_path / "out", cache))
+
+
+def test_npz_samples_with_labels_get_class_consistency(trained, reference, tmp_path, monkeypatch):
+    """An ADM sample batch (arr_0 images, arr_1 class ids) is scored like the sampler's folder."""
+    _, _, cache = trained
+    monkeypatch.setattr(classifier_module, "train_classifier", _fail_training)
+    images, labels = [], []
+    for c, name in enumerate(CLASSES):
+        for src in sorted((reference / name).iterdir())[:5]:
+            images.append(np.asarray(Image.open(src).convert("RGB")))
+            labels.append(c)
+    np.savez(tmp_path / "samples.npz", np.stack(images), np.asarray(labels))
+    right = evaluate_samples(_config(tmp_path / "samples.npz", reference, tmp_path / "right", cache))
+    np.savez(tmp_path / "swapped.npz", np.stack(images), (np.asarray(labels) + 1) % 3)
+    swapped = evaluate_samples(_config(tmp_path / "swapped.npz", reference, tmp_path / "swapped", cache))
+    assert right["class_consistency"] >= 0.95 and swapped["class_consistency"] <= 0.05
+    assert right["num_samples"] == 15 and right["utilization"] is None
+    assert "ADM sample batch" in right["protocol"]["samples"]

@@ -147,3 +147,41 @@ def test_inception_weights_lookup_and_features(tmp_path, monkeypatch, random_inc
     assert not torch.allclose(clean, bilinear)  # bicubic vs bilinear resize
     with pytest.raises(ValueError, match="resize"):
         InceptionFeatures(resize="nearest")
+
+
+def test_tf1_bilinear_resize_matches_its_definition():
+    from vqgan_lc.evaluate.frechet import resize_bilinear_tf1
+
+    x = torch.rand(2, 3, 5, 7) * 255
+    out = resize_bilinear_tf1(x, 11)
+    expected = torch.empty(2, 3, 11, 11)
+    for i in range(11):  # TF 1.x, align_corners=False: output i samples input i * in / out, upper tap clamped
+        yi = i * 5 / 11
+        y0, fy = int(yi), yi - int(yi)
+        y1 = min(y0 + 1, 4)
+        for j in range(11):
+            xj = j * 7 / 11
+            x0, fx = int(xj), xj - int(xj)
+            x1 = min(x0 + 1, 6)
+            top = x[..., y0, x0] * (1 - fx) + x[..., y0, x1] * fx
+            bottom = x[..., y1, x0] * (1 - fx) + x[..., y1, x1] * fx
+            expected[..., i, j] = top * (1 - fy) + bottom * fy
+    assert torch.allclose(out, expected, atol=1e-3)
+    assert torch.equal(resize_bilinear_tf1(x, 5)[..., :5, :5][..., 0, 0], x[..., 0, 0])  # the first pixel is kept
+
+
+def test_inception_features_tf1_protocol(tmp_path, monkeypatch, random_inception):
+    from vqgan_lc.evaluate.frechet import resize_bilinear_tf1
+
+    state = {k: v for k, v in random_inception.state_dict().items() if not k.endswith("num_batches_tracked")}
+    file = tmp_path / "pt_inception-2015-12-05-6726825d.pth"
+    torch.save(state, file)
+    feats = InceptionFeatures(str(file), resize="tf1")
+    images = torch.randint(0, 256, (1, 3, 64, 64), dtype=torch.uint8)
+    with torch.no_grad():
+        got = feats.features(images)
+        # the suite's graph input: TF 1.x bilinear to 299, then (x - 128) / 128
+        expected = random_inception.features((resize_bilinear_tf1(images.float(), 299) - 128) / 128)
+    assert set(got) == {"pool", "spatial", "logits"}
+    for key in got:
+        assert torch.allclose(got[key], expected[key], atol=1e-4), key

@@ -166,22 +166,27 @@ def test_fd_lite0_self_and_other_set(trained, reference, tmp_path, monkeypatch):
     assert same["class_consistency"] >= 0.95
     assert other["class_consistency"] is None and other["protocol"]["class_consistency"].startswith("not measured")
     # no Inception weights (fid='auto'), no tokens.npy, no sampler report: said in the protocol
-    assert "fid" not in same and same["protocol"]["fid"].startswith("not computed")
+    for key in ("fid", "sfid", "inception_score", "precision", "recall"):
+        assert same[key] is None and same["protocol"][key].startswith("not computed"), key
     assert same["utilization"] is None and same["protocol"]["utilization"].startswith("not measured")
     assert same["guidance_scale"] is None
 
 
 class TinyInception(torch.nn.Module):
-    """Stands in for the FID Inception (whose weights the tests do not have): 12-d colour statistics."""
+    """Stands in for the FID Inception (whose weights the tests do not have): colour statistics
+    as "pool" (12-d) and "spatial" (27-d) features, and 5 "logits"."""
 
     dim = 12
+    feature_dims = {"pool": 12, "spatial": 27, "logits": 5}
 
     def __init__(self, weights=None, resize="clean"):
         super().__init__()
 
-    def forward(self, images):
-        pooled = torch.nn.functional.adaptive_avg_pool2d(images, 2).flatten(1)
-        return pooled * torch.linspace(0.5, 1.5, 12)
+    def features(self, images255):
+        x = images255.float() / 127.5 - 1
+        pool = torch.nn.functional.adaptive_avg_pool2d(x, 2).flatten(1) * torch.linspace(0.5, 1.5, 12)
+        spatial = torch.nn.functional.adaptive_avg_pool2d(x, 3).flatten(1)
+        return {"pool": pool, "spatial": spatial, "logits": 4 * pool[:, :5]}
 
 
 def test_fid_when_inception_weights_are_present(trained, reference, tmp_path, monkeypatch):
@@ -197,9 +202,13 @@ def test_fid_when_inception_weights_are_present(trained, reference, tmp_path, mo
     same = evaluate_samples(_config(reference, reference, tmp_path / "same", cache, fid="inception"))
     other = evaluate_samples(_config(other_set, reference, tmp_path / "other_out", cache))  # fid="auto"
     assert abs(same["fid"]) < 1e-6 and other["fid"] > 0.1
-    assert "sqrtm" in other["protocol"]["fid"]
+    assert abs(same["sfid"]) < 1e-6 and other["sfid"] > 0.1
+    assert same["precision"] == same["recall"] == 1.0
+    assert other["precision"] < 0.5 and other["recall"] < 0.5  # checkers lie far from the reference classes
+    assert same["inception_score"] > 1.0 and len(same["inception_score_splits"]) == 1  # 90 samples: one split
+    assert "sqrtm" in other["protocol"]["fid"] and "mixed_6/conv" in other["protocol"]["sfid"]
     off = evaluate_samples(_config(other_set, reference, tmp_path / "off", cache, fid="off"))
-    assert "fid" not in off and off["protocol"]["fid"] == "not computed: fid='off'"
+    assert off["fid"] is None and off["protocol"]["fid"] == "not computed: fid='off'"
 
 
 def test_utilization_and_report_fields(trained, reference, tmp_path, monkeypatch):
@@ -249,3 +258,21 @@ def test_one_line_errors(trained, reference, tmp_path):
     _copy_class(reference, "apple", samples / "7", 3)  # class id 7 of a 3-class reference set
     with pytest.raises(ValueError, match="class id 7"):
         evaluate_samples(_config(samples, reference, tmp_path / "out", cache))
+
+
+def test_npz_samples_with_labels_get_class_consistency(trained, reference, tmp_path, monkeypatch):
+    """An ADM sample batch (arr_0 images, arr_1 class ids) is scored like the sampler's folder."""
+    _, _, cache = trained
+    monkeypatch.setattr(classifier_module, "train_classifier", _fail_training)
+    images, labels = [], []
+    for c, name in enumerate(CLASSES):
+        for src in sorted((reference / name).iterdir())[:5]:
+            images.append(np.asarray(Image.open(src).convert("RGB")))
+            labels.append(c)
+    np.savez(tmp_path / "samples.npz", np.stack(images), np.asarray(labels))
+    right = evaluate_samples(_config(tmp_path / "samples.npz", reference, tmp_path / "right", cache))
+    np.savez(tmp_path / "swapped.npz", np.stack(images), (np.asarray(labels) + 1) % 3)
+    swapped = evaluate_samples(_config(tmp_path / "swapped.npz", reference, tmp_path / "swapped", cache))
+    assert right["class_consistency"] >= 0.95 and swapped["class_consistency"] <= 0.05
+    assert right["num_samples"] == 15 and right["utilization"] is None
+    assert "ADM sample batch" in right["protocol"]["samples"]

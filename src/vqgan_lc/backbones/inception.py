@@ -24,6 +24,12 @@ INCEPTION_FILENAME = "pt_inception-2015-12-05-6726825d.pth"
 INCEPTION_ENV = "VQGAN_LC_INCEPTION"
 FID_INPUT_SIZE = 299
 FEATURE_DIM = 2048
+NUM_LOGITS = 1008  # outputs of the 2015 graph's classifier
+# sFID's features: the TF graph's `mixed_6/conv` (the 1x1 branch of Mixed_6d, after its ReLU),
+# first SPATIAL_CHANNELS channels of the 17x17 map, flattened in TF's (h, w, c) order
+SPATIAL_CHANNELS = 7
+SPATIAL_SIDE = 17
+SPATIAL_DIM = SPATIAL_SIDE * SPATIAL_SIDE * SPATIAL_CHANNELS  # 2,023
 
 
 class BasicConv2d(nn.Module):
@@ -87,12 +93,16 @@ class InceptionC(nn.Module):
         self.branch7x7dbl_5 = BasicConv2d(c7, 192, (1, 7), padding=(0, 3))
         self.branch_pool = BasicConv2d(cin, 192, 1)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def branches(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The four branch outputs, 1x1 branch first (sFID reads Mixed_6d's)."""
         b7 = self.branch7x7_3(self.branch7x7_2(self.branch7x7_1(x)))
         d = x
         for layer in (self.branch7x7dbl_1, self.branch7x7dbl_2, self.branch7x7dbl_3, self.branch7x7dbl_4, self.branch7x7dbl_5):
             d = layer(d)
-        return torch.cat([self.branch1x1(x), b7, d, self.branch_pool(_avg_pool(x))], 1)
+        return [self.branch1x1(x), b7, d, self.branch_pool(_avg_pool(x))]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat(self.branches(x), 1)
 
 
 class InceptionD(nn.Module):
@@ -137,7 +147,15 @@ class InceptionE(nn.Module):
 
 
 class FIDInceptionV3(nn.Module):
-    """Images (B,3,H,W) in [-1, 1] (FID uses 299x299) -> (B, 2048) pool3 features."""
+    """Images (B,3,H,W) in [-1, 1] (FID uses 299x299) -> (B, 2048) pool3 features.
+
+    `features(x)` returns, from the same single pass, what the ADM evaluation suite reads from
+    the TF graph: "pool" (B, 2048) = `pool_3`; "spatial" (B, 2023) = `mixed_6/conv` (Mixed_6d's
+    1x1 branch after its ReLU, 192 x 17 x 17 at 299 px), channels 0..6, flattened as TF's NHWC
+    (h, w, c) so that its mean and covariance line up with the suite's `mu_s` / `sigma_s`; and
+    "logits" (B, 1008) = pool @ fc.weight.T, the graph's `softmax/logits/MatMul`, which the suite
+    feeds to its softmax for the Inception Score (the classifier's bias is not added there).
+    """
 
     def __init__(self):
         super().__init__()
@@ -157,16 +175,35 @@ class FIDInceptionV3(nn.Module):
         self.Mixed_7a = InceptionD(768)
         self.Mixed_7b = InceptionE(1280, pool="avg")
         self.Mixed_7c = InceptionE(2048, pool="max")
-        self.fc = nn.Linear(FEATURE_DIM, 1008)  # unused for FID; kept so the checkpoint loads strictly
+        self.fc = nn.Linear(FEATURE_DIM, NUM_LOGITS)  # its weight gives the Inception Score's logits
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._run(x, spatial=False)[0]
+
+    def features(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """{"pool": (B, 2048), "spatial": (B, 2023), "logits": (B, 1008)} from one forward pass."""
+        pool, spatial = self._run(x, spatial=True)
+        if spatial.shape[-2:] != (SPATIAL_SIDE, SPATIAL_SIDE):
+            raise ValueError(f"FIDInceptionV3.features needs {FID_INPUT_SIZE}x{FID_INPUT_SIZE} inputs (the 17x17 map "
+                             f"of sFID), got {tuple(x.shape[-2:])}")
+        spatial = spatial[:, :SPATIAL_CHANNELS].permute(0, 2, 3, 1).reshape(x.shape[0], SPATIAL_DIM)
+        return {"pool": pool, "spatial": spatial, "logits": pool @ self.fc.weight.T}
+
+    def _run(self, x: torch.Tensor, spatial: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
         x = self.Conv2d_2b_3x3(self.Conv2d_2a_3x3(self.Conv2d_1a_3x3(x)))
         x = F.max_pool2d(x, 3, stride=2)
         x = self.Conv2d_4a_3x3(self.Conv2d_3b_1x1(x))
         x = F.max_pool2d(x, 3, stride=2)
+        mixed_6d_1x1 = None
         for name in ("5b", "5c", "5d", "6a", "6b", "6c", "6d", "6e", "7a", "7b", "7c"):
-            x = getattr(self, f"Mixed_{name}")(x)
-        return x.mean(dim=(2, 3))
+            block = getattr(self, f"Mixed_{name}")
+            if spatial and name == "6d":
+                parts = block.branches(x)
+                mixed_6d_1x1 = parts[0]
+                x = torch.cat(parts, 1)
+            else:
+                x = block(x)
+        return x.mean(dim=(2, 3)), mixed_6d_1x1
 
 
 def inception_weights_path(path: str | os.PathLike | None = None) -> Path | None:

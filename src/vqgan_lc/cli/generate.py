@@ -4,7 +4,8 @@
     vqgan-lc train-gen gpt-tiny|dit-tiny|sit-tiny|ldm-tiny --cache CACHE --out RUN [--set key=value ...]
     vqgan-lc export RUN --out PIPELINE [--tokenizer-hub-id ORG/NAME]   (the command lives in cli/tokenizer.py)
     vqgan-lc sample PIPELINE|RUN --classes 0,1,2 --per-class 8 --cfg-scale 2 --out DIR [--npz]
-    vqgan-lc eval-gen SAMPLES --reference DIR --out OUT
+    vqgan-lc eval-gen SAMPLES --reference DIR|NPZ --out OUT
+    vqgan-lc eval-gen stats DIR|NPZ --out REF.npz
 """
 from __future__ import annotations
 
@@ -75,14 +76,24 @@ def register(sub) -> None:
     p.add_argument("--seed", type=int, default=0, help="sample i draws from its own generator seeded by (seed, i)")
     p.set_defaults(func=sample)
 
-    p = sub.add_parser("eval-gen", help="score samples: FD-lite0 (and FID) against real images, class consistency, "
-                       "utilization", parents=[common.parent(common.device, common.download)])
-    p.add_argument("samples", help="folder written by `vqgan-lc sample` (<class>/<NNNN>.png)")
-    p.add_argument("--reference", required=True, help="real images in class sub-folders (the training images)")
-    p.add_argument("--out", required=True)
-    p.add_argument("--fid", default="auto", help="auto (when the Inception weights are on disk) | inception | off")
-    p.add_argument("--fd-image-size", type=common.positive_int, default=256)
-    p.add_argument("--batch-size", type=common.positive_int, default=32)
+    p = sub.add_parser("eval-gen", help="score samples: the ADM suite's IS, FID, sFID, precision, recall (Inception "
+                       "weights), FD-lite0, class consistency, utilization; `eval-gen stats` writes reference statistics",
+                       parents=[common.parent(common.device, common.download)])
+    p.add_argument("samples", help="folder written by `vqgan-lc sample` (<class>/<NNNN>.png), an ADM sample batch .npz "
+                   "or a statistics .npz; or the word `stats` followed by SOURCE")
+    p.add_argument("stats_source", nargs="?", metavar="SOURCE", help="with `stats`: the image folder or sample .npz whose "
+                   "statistics --out REF.npz receives (computed once, resumable, sharded under torchrun)")
+    p.add_argument("--reference", help="real images in class sub-folders (the training images), an ADM reference batch "
+                   "(e.g. VIRTUAL_imagenet256_labeled.npz) or a `vqgan-lc eval-gen stats` file")
+    p.add_argument("--out", required=True, help="report folder; with `stats`: the .npz to write")
+    p.add_argument("--fid", help="auto (when the Inception weights are on disk; default) | inception | off")
+    p.add_argument("--fd-image-size", type=common.positive_int, help="folder images are loaded at this size (default 256)")
+    p.add_argument("--batch-size", type=common.positive_int, help="images per batch (default: the config's, 32)")
+    p.add_argument("--workers", type=int, help="image-decoding processes (default 2)")
+    p.add_argument("--pr-reference-images", type=common.positive_int,
+                   help="reference images behind precision / recall: a seeded subset of a larger set (default 10000)")
+    p.add_argument("--max-images", type=common.positive_int, help="with `stats`: stop after this many images per "
+                   "process (rerun to continue)")
     p.set_defaults(func=eval_gen)
 
 
@@ -107,7 +118,9 @@ def train_gen(args) -> int:
     if args.resume:
         common.refuse_other_family(args.resume, generator=True)
         saved = read_generator_run(args.resume)
-        if (args.preset and args.preset != saved.generator) or (args.cache and args.cache != saved.data):
+        import os
+        if (args.preset and args.preset != saved.generator) or (
+                args.cache and os.path.abspath(args.cache) != os.path.abspath(saved.data)):
             raise ValueError(f"--resume {args.resume} keeps the run's saved preset and cache; drop the preset and --cache")
         config = common.resumed_config(saved, args.resume, args.set)
     else:
@@ -149,12 +162,39 @@ def sample(args) -> int:
 
 
 def eval_gen(args) -> int:
-    from ..evaluate.generation import GenEvalConfig, evaluate_samples
-    config = GenEvalConfig(samples=args.samples, reference=args.reference, out=args.out, fid=args.fid,
-                           fd_image_size=args.fd_image_size, batch_size=args.batch_size, device=args.device)
-    report = evaluate_samples(config)
-    consistency = report.get("class_consistency")
-    print(f"FD-lite0 {report['fd_lite0']:.2f} | class consistency "
+    from ..evaluate.generation import GenEvalConfig, StatsConfig, adm_table, compute_reference_stats, evaluate_samples
+
+    # unset options keep the config's defaults: one place defines them
+    chosen = {key: getattr(args, key) for key in ("fid", "fd_image_size", "batch_size", "workers", "pr_reference_images")
+              if getattr(args, key) is not None}
+    if args.samples == "stats" and args.stats_source is not None:
+        if args.reference:
+            raise ValueError("eval-gen stats summarises one set: drop --reference")
+        info = compute_reference_stats(StatsConfig(source=args.stats_source, out=args.out, device=args.device,
+                                                   max_images=args.max_images, **chosen))
+        if info is None:
+            from ..distributed import is_main
+            if is_main():
+                print(f"{args.out}: not finished yet (progress saved in {args.out}.partial); run the same command again "
+                      "to continue")
+        else:
+            print(f"statistics of {info['num_images']} images ({'Inception + ' if info['inception'] else ''}FD-lite0; "
+                  f"{info['pool_images']} pool feature rows for precision / recall) -> {args.out}")
+        return 0
+    if args.stats_source is not None:
+        raise ValueError(f"eval-gen takes one samples argument, got {args.samples!r} and {args.stats_source!r} "
+                         "(the two-argument form is `eval-gen stats SOURCE --out REF.npz`)")
+    if not args.reference:
+        raise ValueError("eval-gen needs --reference: the training images, an ADM reference batch or a stats .npz")
+    if args.max_images is not None:
+        raise ValueError("--max-images belongs to `eval-gen stats`")
+    report = evaluate_samples(GenEvalConfig(samples=args.samples, reference=args.reference, out=args.out,
+                                            device=args.device, **chosen))
+    if report is None:  # ranks > 0 of a torchrun job
+        return 0
+    print(adm_table(report))
+    consistency, fd = report.get("class_consistency"), report.get("fd_lite0")
+    print(f"FD-lite0 {'n/a' if fd is None else f'{fd:.2f}'} | class consistency "
           f"{'n/a' if consistency is None else f'{100 * consistency:.1f}%'} | {report['num_samples']} samples "
           f"-> {args.out}/report.json")
     return 0

@@ -21,7 +21,7 @@ from vqgan_lc.backbones.inception import FID_INPUT_SIZE, load_fid_inception
 from vqgan_lc import distributed
 
 LITE0_FD_SIZE = 256
-INCEPTION_RESIZES = ("clean", "bilinear")
+INCEPTION_RESIZES = ("clean", "bilinear", "tf1")
 
 
 class RunningMoments:
@@ -174,16 +174,43 @@ def _resize_clean(images255: torch.Tensor, size: int) -> torch.Tensor:
     return torch.from_numpy(out.clip(0, 255)).to(images255.device)
 
 
+def resize_bilinear_tf1(images: torch.Tensor, size: int) -> torch.Tensor:
+    """TensorFlow 1.x `ResizeBilinear` (align_corners=False, no half-pixel centres), the resize
+    inside the Inception graph of the ADM evaluation suite: output pixel i samples the input at
+    i * in / out (so the image's last rows and columns weigh less than in torch's bilinear),
+    interpolating linearly between the two nearest pixels, the upper one clamped to the border."""
+    x = images.float()
+
+    def taps(n_in: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        where = torch.arange(size, dtype=torch.float32, device=x.device) * torch.tensor(n_in / size, dtype=torch.float32)
+        lo = where.floor().long()
+        return lo, (lo + 1).clamp_max(n_in - 1), where - lo.float()
+
+    y_lo, y_hi, y_frac = taps(x.shape[-2])
+    x_lo, x_hi, x_frac = taps(x.shape[-1])
+    left, right = x[..., x_lo], x[..., x_hi]
+    rows = left + (right - left) * x_frac
+    top, bottom = rows[..., y_lo, :], rows[..., y_hi, :]
+    return top + (bottom - top) * y_frac[:, None]
+
+
 class InceptionFeatures(_FrozenFeatures):
     """Images (B,3,H,W) in [-1, 1] -> (B, 2048) FID Inception pool3 features.
 
-    Images are rounded to 8 bits (as image files are), resized to 299x299 -- `resize="clean"`:
-    clean-fid's per-channel PIL bicubic (default, the paper's rFID protocol); "bilinear":
-    pytorch-fid's torch bilinear -- and scaled to [-1, 1].
+    Images are rounded to 8 bits (as image files are), resized to 299x299 and scaled --
+    `resize="clean"`: clean-fid's per-channel PIL bicubic, then x / 127.5 - 1 (default, the
+    paper's rFID protocol); "bilinear": pytorch-fid's torch bilinear, then x / 127.5 - 1;
+    "tf1": the TF graph's own input path that the ADM suite runs, TF 1.x bilinear
+    (`resize_bilinear_tf1`), then (x - 128) / 128.
+
+    `features(images255)` takes 8-bit pixel values (B,3,H,W) in 0..255 (uint8 or float) and
+    returns the pool, spatial (sFID) and logit features of one pass (`FIDInceptionV3.features`).
     """
 
     name = "rFID"
     dim = 2048
+    # the sizes of `features`' outputs (logits are not accumulated as moments)
+    feature_dims = {"pool": 2048, "spatial": 2023, "logits": 1008}
 
     def __init__(self, weights: str | None = None, resize: str = "clean"):
         super().__init__()
@@ -195,9 +222,19 @@ class InceptionFeatures(_FrozenFeatures):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         x = ((images.float().clamp(-1, 1) + 1) * 127.5).round()
+        return self.net(self._network_input(x))
+
+    def features(self, images255: torch.Tensor) -> dict[str, torch.Tensor]:
+        return self.net.features(self._network_input(images255.float()))
+
+    def _network_input(self, x: torch.Tensor) -> torch.Tensor:
+        """8-bit pixel values (float) -> the network's 299x299 input, by this instance's protocol."""
         if x.shape[-2:] != (FID_INPUT_SIZE, FID_INPUT_SIZE):
             if self.resize == "clean":
                 x = _resize_clean(x, FID_INPUT_SIZE)
+            elif self.resize == "tf1":
+                x = resize_bilinear_tf1(x, FID_INPUT_SIZE)
             else:
                 x = F.interpolate(x, size=(FID_INPUT_SIZE, FID_INPUT_SIZE), mode="bilinear", align_corners=False)
-        return self.net(x / 127.5 - 1.0)
+        # the TF graph subtracts 128 and multiplies by 1/128; pytorch-fid and clean-fid map 0..255 to [-1, 1]
+        return (x - 128.0) / 128.0 if self.resize == "tf1" else x / 127.5 - 1.0

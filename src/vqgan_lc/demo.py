@@ -22,10 +22,11 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
+from .config import Config
 from .data import build_dataset, collate_skip_corrupt
-from .evaluate.grid import pyplot
+from .data.grid import pyplot
 from .files import atomic_path, atomic_write_json, atomic_write_text
-from .tokenizer.config import get_preset
+from .tokenizer.config import CPU_QUANTIZER_LR_SCALE, get_preset
 from .tokenizer.losses import LossConfig
 from .tokenizer.training import TokenizerTrainConfig, train_tokenizer
 
@@ -35,7 +36,7 @@ MODELS = {"vqgan-lc": "vqgan-lc-tiny", "vqgan": "vqgan-tiny"}
 
 
 @dataclass
-class DemoConfig:
+class DemoConfig(Config):
     out_dir: str = "runs/demo"
     codebook_size: int = 16_384
     codebook_crops: int = 1024       # crops whose Lite0 patch features feed k-means
@@ -46,10 +47,22 @@ class DemoConfig:
     steps: int = 200
     batch_size: int = 16
     lr: float = 1e-3
-    quantizer_lr_scale: float = 30.0  # LC projector / VQGAN codebook at 30x the rate (docs/utilization.md)
+    quantizer_lr_scale: float = CPU_QUANTIZER_LR_SCALE  # LC projector / VQGAN codebook at 30x the rate
     tokens_per_entry: int = 10       # eval window: >= 10 N tokens
     seed: int = 0
     extra: dict = field(default_factory=dict)
+
+    def check(self) -> None:
+        counts = (self.codebook_size, self.codebook_crops, self.kmeans_iters, self.train_crops, self.steps,
+                  self.batch_size, self.tokens_per_entry)
+        if min(counts) < 1:
+            raise ValueError("codebook_size, codebook_crops, kmeans_iters, train_crops, steps, batch_size and "
+                             f"tokens_per_entry must be >= 1, got {counts}")
+        if self.image_size < 8 or self.image_size % 8 or self.codebook_crop_size < 16 or self.codebook_crop_size % 16:
+            raise ValueError(f"image_size must be a multiple of 8 (the tiny presets' f8) and codebook_crop_size of 16 "
+                             f"(Lite0's stride), got {self.image_size} and {self.codebook_crop_size}")
+        if not (self.lr > 0 and self.quantizer_lr_scale > 0):
+            raise ValueError(f"lr and quantizer_lr_scale must be > 0, got {self.lr} and {self.quantizer_lr_scale}")
 
     @classmethod
     def quick(cls) -> "DemoConfig":
@@ -122,7 +135,7 @@ def _ceilings(cfg: DemoConfig, codebook_path: Path) -> dict:
 
 def _comparison_grid(models: dict, cfg: DemoConfig, path: Path, count: int = 8) -> None:
     """Held-out originals (top row) above each model's reconstructions, one row per model."""
-    from .evaluate.grid import save_grid
+    from .data.grid import save_grid
 
     data = _window(cfg, "eval", cfg.image_size)
     originals = torch.stack([data[i]["image"] for i in range(min(count, len(data)))])
@@ -173,6 +186,7 @@ def _markdown(report: dict) -> str:
 def run_demo(cfg: DemoConfig) -> dict:
     from .evaluate.evaluator import token_usage
 
+    cfg.validate()
     pyplot("the demo plots utilization")  # a missing extra is reported before minutes of training, not after
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)

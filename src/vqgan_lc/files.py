@@ -109,6 +109,17 @@ def check_writable_dir(path: str | os.PathLike, what: str = "output folder") -> 
     return path
 
 
+# The project's cache root: codebook features (`codebook build`) and reference classifiers
+# (`eval-gen`) are kept below it unless a command is given its own folder.
+CACHE_ENV = "VQGAN_LC_CACHE"
+DEFAULT_CACHE = os.path.join("~", ".cache", "vqgan-lc")
+
+
+def cache_root(override: str | os.PathLike | None = None) -> Path:
+    """`override` when given, else $VQGAN_LC_CACHE, else ~/.cache/vqgan-lc (user-expanded)."""
+    return Path(os.path.expanduser(override or os.environ.get(CACHE_ENV, DEFAULT_CACHE)))
+
+
 # --- pretrained weight files ------------------------------------------------------------------
 #
 # Every pretrained network (VGG16 for LPIPS, the LPIPS linear layers, the FID Inception, CLIP

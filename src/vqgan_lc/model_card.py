@@ -59,11 +59,25 @@ def _normalised(data: Any) -> Any:
     return json.loads(json.dumps(data, default=str))  # tuples and lists alike, as they are in JSON
 
 
+# Sizes a training config's codebook file decides for the model it builds (the model's config is
+# then a copy with the file's N and C; the training config keeps the values it was given).
+_SET_BY_CODEBOOK_FILE = ("codebook_size", "codebook_dim")
+
+
+def _model_config_as_trained(data: dict, model_config: dict) -> Any:
+    recipe = _normalised(data.get("model"))
+    if data.get("codebook") and isinstance(recipe, dict) and isinstance(recipe.get("quantizer"), dict):
+        built = (model_config.get("quantizer") or {}) if isinstance(model_config, dict) else {}
+        recipe["quantizer"].update({k: built[k] for k in _SET_BY_CODEBOOK_FILE if k in built})
+    return recipe
+
+
 def find_train_config(directory: str | os.PathLike, model_config: dict) -> dict | None:
-    """The run's train_config.json beside `directory`, only when its `model` is this model's config."""
+    """The run's train_config.json beside `directory`, only when it trains this model: its
+    `model` equals this model's config (but for the sizes its codebook file set)."""
     path = beside(directory, "train_config.json")
     data = _read_json(path) if path is not None else None
-    if isinstance(data, dict) and _normalised(data.get("model")) == _normalised(model_config):
+    if isinstance(data, dict) and _model_config_as_trained(data, model_config) == _normalised(model_config):
         return data
     return None
 
@@ -162,8 +176,9 @@ def render(model_type: str, config: dict, *, parameters: int, trainable: int, fr
     """The card's Markdown (front matter included) from plain data: no model or file needed."""
     what, tags = FAMILIES.get(model_type, ("model", []))
     generator = (train_config or {}).get("generator")
-    if isinstance(generator, str) and model_type == "vqgan-lc-dit" and generator.startswith("sit"):
-        tags = [t if t != "dit" else "sit" for t in tags]  # SiT shares DiT's network; its training differs
+    if isinstance(generator, str) and model_type == "vqgan-lc-dit":
+        # DiT and SiT share the network; the last tag names the family the run trained it as
+        tags = [*tags[:-1], generator.split("-", 1)[0]]
     lines = ["---", "library_name: vqgan-lc", f"license: {json.dumps(license)}", "tags:",
              *_yaml_list(["vqgan-lc", *tags, f"arxiv:{PAPER_ARXIV}"]), "---", MARKER, ""]
     title = repo_id or model_type
@@ -180,6 +195,10 @@ def render(model_type: str, config: dict, *, parameters: int, trainable: int, fr
     else:
         rows += _flatten(config)
     lines += _table(rows) + [""]
+    converted = (provenance or {}).get("converted_from")
+    if isinstance(converted, dict):
+        lines += ["## Source", "", "Converted from a released checkpoint (`vqgan-lc convert`):", "",
+                  *_table(list(converted.items())), ""]
     origin = (provenance or {}).get("codebook")
     if model_type == "vqgan-lc-tokenizer":
         lines += ["## Codebook", ""]

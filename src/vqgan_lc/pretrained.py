@@ -51,6 +51,12 @@ MODEL_TYPES: dict[str, str] = {
 }
 
 
+# Folders that hold several models, known by a marker file: "module:Class" with a from_pretrained.
+FOLDER_TYPES: dict[str, str] = {
+    "process.json": "vqgan_lc.generate.pipeline:GenerationPipeline",  # generator + tokenizer + sampling process
+}
+
+
 def model_class(model_type: str) -> type["PretrainedModel"]:
     if model_type not in MODEL_TYPES:
         raise ValueError(f"unknown model_type {model_type!r}; known: {', '.join(sorted(MODEL_TYPES))}")
@@ -169,6 +175,9 @@ class PretrainedModel(nn.Module):
 
     model_type: ClassVar[str]
     config_class: ClassVar[type[Config]]
+    # Parameters kept out of weight decay although they are matrices (say, a learned position
+    # table a model wants free); norms, biases and every other 1-d parameter always are.
+    no_weight_decay: ClassVar[tuple[str, ...]] = ()
 
     config: Config
 
@@ -188,6 +197,21 @@ class PretrainedModel(nn.Module):
     @property
     def dtype(self) -> torch.dtype:
         return next(self.parameters()).dtype
+
+    def optimizer_groups(self, weight_decay: float) -> list[dict]:
+        """The trainable parameters as AdamW groups, split as nanoGPT's `configure_optimizers`
+        splits them: weight decay on matrices (>= 2-d: linear and conv weights, embeddings), none
+        on norms, biases and other 1-d parameters, nor on the names in `no_weight_decay`.
+        Decayed group first; both keep `named_parameters` order, so optimizer states line up."""
+        decay, free = [], []
+        for name, param in self.named_parameters():
+            if param.requires_grad:
+                (decay if param.dim() >= 2 and name not in self.no_weight_decay else free).append(param)
+        return [{"params": decay, "weight_decay": weight_decay}, {"params": free, "weight_decay": 0.0}]
+
+    def configure_optimizer(self, *, lr: float, betas: tuple[float, float], weight_decay: float) -> torch.optim.AdamW:
+        """AdamW over `optimizer_groups(weight_decay)`."""
+        return torch.optim.AdamW(self.optimizer_groups(weight_decay), lr=lr, betas=betas)
 
     def num_parameters(self, trainable_only: bool = False) -> int:
         return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
@@ -286,6 +310,12 @@ class PretrainedModel(nn.Module):
 def load_pretrained(name_or_path: str | os.PathLike, map_location: str | torch.device = "cpu", *,
                     revision: str | None = None) -> PretrainedModel:
     """Load whatever model a folder (or a Hugging Face hub id `org/name`) holds, by the
-    `model_type` in its config.json."""
+    `model_type` in its config.json; a folder of several models by its marker file (a
+    generator pipeline folder gives a `GenerationPipeline`)."""
+    local = Path(name_or_path)
+    for marker, target in FOLDER_TYPES.items():
+        if (local / marker).is_file():
+            module, name = target.split(":")
+            return getattr(importlib.import_module(module), name).from_pretrained(local, map_location)
     directory = resolve_pretrained(name_or_path, revision)
     return model_class(read_config_file(directory)["model_type"]).from_pretrained(directory, map_location)

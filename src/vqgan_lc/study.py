@@ -44,9 +44,9 @@ from pathlib import Path
 from .classify.data import LABELLED_SETS
 from .classify.model import TokenClassifierConfig, classifier_preset
 from .config import Config
-from .evaluate.grid import pyplot
+from .data.grid import pyplot
 from .files import atomic_path, atomic_write_json, atomic_write_text
-from .tokenizer.config import AutoencoderConfig, get_preset
+from .tokenizer.config import CPU_QUANTIZER_LR_SCALE, AutoencoderConfig, get_preset
 from .tokenizer.losses import LossConfig
 
 log = logging.getLogger("vqgan_lc.study")
@@ -80,7 +80,7 @@ class StudyConfig(Config):
     steps: int = 128
     batch_size: int = 16
     lr: float = 1e-3
-    quantizer_lr_scale: float = 30.0  # the LC projector / VQ-FC codebook learn 30x faster (docs/utilization.md)
+    quantizer_lr_scale: float = CPU_QUANTIZER_LR_SCALE  # the LC projector / VQ-FC codebook learn 30x faster (docs/utilization.md)
     low_dim: int = 8                 # D' of LC and FC (the paper's f16: 8); VQ and EMA use z_channels (paper: 256)
     autoencoder: AutoencoderConfig = field(default_factory=_tiny_autoencoder)  # 64 px, f8: 8x8 tokens
     # No GAN: a few hundred CPU steps are far too few for it to help (the demo's choice too).

@@ -111,9 +111,11 @@ def test_evaluator_input_errors(offline):
     with pytest.raises(ValueError, match="dicts"):
         evaluate_tokenizer(FakeTokenizer(), [torch.zeros(2, 3, 64, 64)], EvalConfig(image_size=64), progress=False)
     with pytest.raises(ValueError, match="fid"):
-        EvalConfig(fid="clean-fid")
+        EvalConfig(fid="clean-fid").validate()
     with pytest.raises(ValueError, match="perceptual"):
-        EvalConfig(perceptual="lpips")
+        EvalConfig(perceptual="lpips").validate()
+    with pytest.raises(ValueError, match="image_size"):  # a model without a resolution needs the size said
+        evaluate_tokenizer(FakeTokenizer(), loader, EvalConfig(), progress=False)
 
 
 @pytest.mark.slow

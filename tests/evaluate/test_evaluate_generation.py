@@ -97,7 +97,7 @@ def test_classifier_accurate_and_cached(trained, reference, monkeypatch):
     assert (cache / "classifiers" / f"{info['key']}.safetensors").is_file()
     assert json.loads((cache / "classifiers" / f"{info['key']}.json").read_text())["key"] == info["key"]
 
-    monkeypatch.setattr(classifier_module, "train_classifier", _fail_training)
+    monkeypatch.setattr(classifier_module, "train_consistency_classifier", _fail_training)
     again, info2 = load_or_train_classifier(reference, cache_dir=cache, progress=False)
     assert info2["cached"] is True and info2["key"] == info["key"] and info2["accuracy"] == info["accuracy"]
     batch = next(iter(torch.utils.data.DataLoader(build_dataset(reference, 48, train=False), batch_size=90)))
@@ -118,7 +118,7 @@ def test_corrupt_cache_is_retrained(trained, reference, tmp_path, monkeypatch):
     def retrain(*args, **kwargs):
         raise Retrained
 
-    monkeypatch.setattr(classifier_module, "train_classifier", retrain)
+    monkeypatch.setattr(classifier_module, "train_consistency_classifier", retrain)
     with pytest.raises(Retrained):
         load_or_train_classifier(reference, cache_dir=copy, progress=False)
 
@@ -138,7 +138,7 @@ def test_cache_key_follows_images_and_settings(reference, tmp_path):
 
 def test_class_consistency_right_and_swapped(trained, reference, tmp_path, monkeypatch):
     _, info, cache = trained
-    monkeypatch.setattr(classifier_module, "train_classifier", _fail_training)  # the module's cached classifier
+    monkeypatch.setattr(classifier_module, "train_consistency_classifier", _fail_training)  # the module's cached classifier
     right, swapped = tmp_path / "right", tmp_path / "swapped"
     for c, name in enumerate(CLASSES):
         _copy_class(reference, name, right / str(c), 6)
@@ -155,7 +155,7 @@ def test_class_consistency_right_and_swapped(trained, reference, tmp_path, monke
 
 def test_fd_lite0_self_and_other_set(trained, reference, tmp_path, monkeypatch):
     _, _, cache = trained
-    monkeypatch.setattr(classifier_module, "train_classifier", _fail_training)
+    monkeypatch.setattr(classifier_module, "train_consistency_classifier", _fail_training)
     # the reference against itself: class folders matched by name, FD ~ 0
     same = evaluate_samples(_config(reference, reference, tmp_path / "same", cache))
     other_set = tmp_path / "other"
@@ -194,7 +194,7 @@ def test_fid_when_inception_weights_are_present(trained, reference, tmp_path, mo
     from vqgan_lc.evaluate import generation
 
     _, _, cache = trained
-    monkeypatch.setattr(classifier_module, "train_classifier", _fail_training)
+    monkeypatch.setattr(classifier_module, "train_consistency_classifier", _fail_training)
     monkeypatch.setattr(inception, "available", lambda path=None: True)
     monkeypatch.setattr(generation, "InceptionFeatures", TinyInception)
     other_set = tmp_path / "other"
@@ -213,7 +213,7 @@ def test_fid_when_inception_weights_are_present(trained, reference, tmp_path, mo
 
 def test_utilization_and_report_fields(trained, reference, tmp_path, monkeypatch):
     _, _, cache = trained
-    monkeypatch.setattr(classifier_module, "train_classifier", _fail_training)
+    monkeypatch.setattr(classifier_module, "train_consistency_classifier", _fail_training)
     samples = tmp_path / "samples"
     for c, name in enumerate(CLASSES):
         _copy_class(reference, name, samples / str(c), 4)
@@ -263,7 +263,7 @@ def test_one_line_errors(trained, reference, tmp_path):
 def test_npz_samples_with_labels_get_class_consistency(trained, reference, tmp_path, monkeypatch):
     """An ADM sample batch (arr_0 images, arr_1 class ids) is scored like the sampler's folder."""
     _, _, cache = trained
-    monkeypatch.setattr(classifier_module, "train_classifier", _fail_training)
+    monkeypatch.setattr(classifier_module, "train_consistency_classifier", _fail_training)
     images, labels = [], []
     for c, name in enumerate(CLASSES):
         for src in sorted((reference / name).iterdir())[:5]:

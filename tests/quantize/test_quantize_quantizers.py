@@ -144,26 +144,23 @@ def test_lc_codebook_standardized_unless_disabled():
     assert torch.equal(kept.codebook, raw)
 
 
-def test_lc_loads_a_codebook_file_directly(tmp_path):
-    from vqgan_lc.codebook import save_codebook
-    vectors = torch.randn(50, 12)
-    save_codebook(tmp_path / "cb.safetensors", vectors, {"backbone": "test", "k": 50})
-    from_file = build_quantizer(_cfg("lc"), str(tmp_path / "cb.safetensors"))
-    from_tensor = build_quantizer(_cfg("lc"), vectors)
-    assert torch.equal(from_file.codebook, from_tensor.codebook)
+def test_the_quantizer_takes_a_tensor_and_names_the_reader_of_codebook_files(tmp_path):
+    """Reading codebook files belongs to codebook/ (above the quantizer): a path is refused in one line."""
+    with pytest.raises(TypeError, match=r"load_codebook\(path\)\.vectors"):
+        build_quantizer(_cfg("lc"), str(tmp_path / "cb.safetensors"))
 
 
-def test_a_given_codebook_decides_its_size_and_width_by_one_rule(tmp_path, caplog):
-    """File or tensor: the codebook's (N, C) sets codebook_size / codebook_dim, and the log says so."""
-    from vqgan_lc.codebook import save_codebook
-    save_codebook(tmp_path / "cb.safetensors", torch.randn(40, 10), {"backbone": "test", "k": 40})
-    for given in (str(tmp_path / "cb.safetensors"), torch.randn(40, 10)):
-        cfg = _cfg("lc", codebook_size=49)
-        with caplog.at_level("INFO"):
-            q = build_quantizer(cfg, given)
-        assert (q.config.codebook_size, q.config.codebook_dim) == (40, 10) == tuple(q.codebook.shape)
-        assert "sets codebook_size=40, codebook_dim=10 (the config said 49 x 12)" in caplog.text
-        caplog.clear()
+def test_a_given_codebook_decides_its_size_and_width_on_a_copy_of_the_config(caplog):
+    """The codebook's (N, C) sets codebook_size / codebook_dim, the log says so, and the config
+    the caller passed in (say, the one a training config holds) keeps its values."""
+    cfg = _cfg("lc", codebook_size=49)
+    with caplog.at_level("INFO"):
+        q = build_quantizer(cfg, torch.randn(40, 10))
+    assert (q.config.codebook_size, q.config.codebook_dim) == (40, 10) == tuple(q.codebook.shape)
+    assert "sets codebook_size=40, codebook_dim=10 (the config said 49 x 12)" in caplog.text
+    assert (cfg.codebook_size, cfg.codebook_dim) == (49, 12) and q.config is not cfg
+    same = _cfg("lc", codebook_size=40, codebook_dim=10)
+    assert build_quantizer(same, torch.randn(40, 10)).config is same  # nothing to adopt: no copy
 
 
 @pytest.mark.parametrize("kind, weight", [("lc", 1.33), ("vq", 1.33), ("fc", 1.33), ("ema", 1.0)])

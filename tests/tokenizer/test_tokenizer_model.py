@@ -140,3 +140,20 @@ def test_torch_compile_matches_eager_without_graph_breaks_in_the_networks():
                                        model.decode(eager.quantized))
     finally:
         torch._dynamo.reset()
+
+
+def test_a_codebook_file_builds_the_same_model_as_its_tensor_and_leaves_the_given_config_alone(tmp_path):
+    """The tokenizer reads the file (codebook/ is below it; the quantizer takes tensors): its
+    shape sets the model's N and C on a copy, and its metadata becomes the model's provenance."""
+    from vqgan_lc.codebook import save_codebook
+
+    vectors = torch.randn(50, 10)
+    save_codebook(tmp_path / "cb.safetensors", vectors, {"backbone": "test", "k": 50})
+    given = tiny_config()
+    from_file = VQModel(given, str(tmp_path / "cb.safetensors"))
+    from_tensor = VQModel(tiny_config(), vectors)
+    assert torch.equal(from_file.quantizer.codebook, from_tensor.quantizer.codebook)
+    assert (from_file.config.quantizer.codebook_size, from_file.config.quantizer.codebook_dim) == (50, 10)
+    assert from_file.config.quantizer is from_file.quantizer.config
+    assert (given.quantizer.codebook_size, given.quantizer.codebook_dim) == (64, 12)
+    assert from_file.gather_provenance()["codebook"]["backbone"] == "test"

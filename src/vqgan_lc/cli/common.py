@@ -70,6 +70,72 @@ def download(p: argparse.ArgumentParser) -> None:
                         "hash-checked; same as VQGAN_LC_DOWNLOAD=1 (default: offline, local files only)")
 
 
+def field_comments(config_class) -> dict[str, str]:
+    """The comment after each field of a dataclass, from its source: what `--help` says of a flag."""
+    import inspect
+    import re
+
+    try:
+        source = inspect.getsource(config_class)
+    except (OSError, TypeError):  # no source (frozen application): flags without help
+        return {}
+    field_line = re.compile(r"^\s+([a-z_][a-z0-9_]*)\s*:[^#]*#\s*(.+)$")
+    return {m.group(1): m.group(2).strip() for m in map(field_line.match, source.splitlines()) if m}
+
+
+def add_config_flags(parser: argparse.ArgumentParser, config_class, *, skip: tuple[str, ...] = (),
+                     positional: tuple[str, ...] = (), required: tuple[str, ...] = ()) -> None:
+    """One flag per field of the `Config` dataclass `config_class`: `--batch-size` for
+    `batch_size`, parsed as the field's type, defaulting to the field's default, with the field's
+    comment as its help. A bool field gets `--name / --no-name`. `positional` fields become
+    arguments, `required` ones mandatory flags; `skip` leaves fields to the caller (say, a flag
+    group of its own). The defaults are then written once, in the dataclass."""
+    import dataclasses
+    import typing
+
+    from ..config import parse_value
+
+    hints = typing.get_type_hints(config_class)
+    defaults = config_class()
+    comments = field_comments(config_class)
+    for f in dataclasses.fields(config_class):
+        if f.name in skip or f.name.startswith("_"):
+            continue
+        kind, default = hints[f.name], getattr(defaults, f.name)
+        text = comments.get(f.name, "").replace("%", "%%")
+        if f.name in positional:
+            parser.add_argument(f.name, type=_config_value(kind, parse_value), help=text or None)
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        if kind is bool:
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=text or None)
+        elif f.name in required:
+            parser.add_argument(flag, type=_config_value(kind, parse_value), required=True, help=text or None)
+        else:
+            shown = "" if default is None or "default" in text else f"default {default!r}".replace("%", "%%")
+            parser.add_argument(flag, type=_config_value(kind, parse_value), default=default,
+                                help=" ".join(filter(None, (text, f"({shown})" if text and shown else shown))) or None)
+
+
+def _config_value(kind, parse_value):
+    def parse(text: str):
+        try:
+            return parse_value(text, kind)
+        except ValueError as err:
+            raise argparse.ArgumentTypeError(str(err)) from None
+    parse.__name__ = getattr(kind, "__name__", "value")  # argparse names the type in its error
+    return parse
+
+
+def config_from_args(config_class, args: argparse.Namespace, **given):
+    """`config_class` from the parsed flags whose names are its fields, plus `given` values."""
+    import dataclasses
+
+    names = {f.name for f in dataclasses.fields(config_class)}
+    values = {k: v for k, v in vars(args).items() if k in names}
+    return config_class(**{**values, **given})
+
+
 def positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -109,6 +175,19 @@ def print_config_keys(config_class, title: str) -> str:
 # Fields a resumed run may change without changing what it computes.
 RESUME_SAFE_FIELDS = ("max_steps", "epochs", "save_every", "log_every", "image_every", "usage_every", "num_workers",
                       "device", "out_dir")
+
+
+def is_generator_run(folder: str) -> bool:
+    """A train-gen run folder (its train_config.json names a generator preset)."""
+    import json
+    import os
+
+    try:
+        with open(os.path.join(folder, "train_config.json"), encoding="utf-8") as f:
+            saved = json.load(f)
+    except (OSError, ValueError):
+        return False
+    return isinstance(saved, dict) and "generator" in saved
 
 
 def refuse_other_family(run: str, generator: bool) -> None:

@@ -2,44 +2,42 @@
 
 Pipeline: `extract_features` (dataset scale: sharded, resumable, through `vqgan_lc.data.cache`) or `build_codebook`
 (in-memory images) -> `build_codebook_from_vectors` (per-class / global / random-select /
-gaussian) -> `save_codebook`, read back by the LC quantizer with `load_codebook`.
-"""
-from vqgan_lc.codebook.build import (
-    CODEBOOK_MODES,
-    build_codebook,
-    build_codebook_from_vectors,
-    extract_in_memory,
-)
-from vqgan_lc.codebook.feature_store import FeatureStore, dataset_fingerprint
-from vqgan_lc.codebook.features import ExtractConfig, extract_features, pool_features
-from vqgan_lc.codebook.io import Codebook, describe_codebook, load_codebook, save_codebook
-from vqgan_lc.codebook.kmeans import (
-    KMeansResult,
-    grouped_kmeans,
-    kmeans,
-    size_histogram,
-)
-from vqgan_lc.codebook.two_level import two_level_kmeans
-from vqgan_lc.data.cache import ShardedRows  # the reader behind FeatureStore.vectors
+gaussian) -> `save_codebook`, read back with `load_codebook` and handed to the LC quantizer as a tensor.
 
-__all__ = [
-    "CODEBOOK_MODES",
-    "Codebook",
-    "ExtractConfig",
-    "FeatureStore",
-    "KMeansResult",
-    "ShardedRows",
-    "build_codebook",
-    "build_codebook_from_vectors",
-    "dataset_fingerprint",
-    "describe_codebook",
-    "extract_features",
-    "extract_in_memory",
-    "grouped_kmeans",
-    "kmeans",
-    "load_codebook",
-    "pool_features",
-    "save_codebook",
-    "size_histogram",
-    "two_level_kmeans",
-]
+The names below load on first use, so that `vqgan_lc.codebook.config` (the command line's
+flags) is read without torch.
+"""
+_LAZY = {
+    "CODEBOOK_MODES": "vqgan_lc.codebook.config",
+    "CodebookBuildConfig": "vqgan_lc.codebook.config",
+    "build_codebook": "vqgan_lc.codebook.build",
+    "build_codebook_from_vectors": "vqgan_lc.codebook.build",
+    "extract_in_memory": "vqgan_lc.codebook.build",
+    "FeatureStore": "vqgan_lc.codebook.feature_store",
+    "dataset_fingerprint": "vqgan_lc.codebook.feature_store",
+    "ExtractConfig": "vqgan_lc.codebook.features",
+    "extract_features": "vqgan_lc.codebook.features",
+    "pool_features": "vqgan_lc.codebook.features",
+    "Codebook": "vqgan_lc.codebook.io",
+    "describe_codebook": "vqgan_lc.codebook.io",
+    "load_codebook": "vqgan_lc.codebook.io",
+    "save_codebook": "vqgan_lc.codebook.io",
+    "KMeansResult": "vqgan_lc.codebook.kmeans",
+    "grouped_kmeans": "vqgan_lc.codebook.kmeans",
+    "kmeans": "vqgan_lc.codebook.kmeans",
+    "size_histogram": "vqgan_lc.codebook.kmeans",
+    "two_level_kmeans": "vqgan_lc.codebook.two_level",
+    "ShardedRows": "vqgan_lc.data.cache",  # the reader behind FeatureStore.vectors
+}
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'vqgan_lc.codebook' has no attribute {name!r}")

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from vqgan_lc.backbones.registry import as_backbone
+from vqgan_lc.codebook.config import CODEBOOK_MODES
 from vqgan_lc.codebook.feature_store import VECTORS
 from vqgan_lc.codebook.features import feature_encoder, pooling_name
 from vqgan_lc.codebook.io import Codebook
@@ -33,7 +34,6 @@ from vqgan_lc.codebook.kmeans import (
 from vqgan_lc.codebook.two_level import two_level_kmeans
 from vqgan_lc.data.cache import encode_in_memory
 
-CODEBOOK_MODES = ("per-class", "global", "random-select", "gaussian")
 TWO_LEVEL_MIN_SIZE = 250_000
 
 

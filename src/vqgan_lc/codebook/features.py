@@ -15,20 +15,26 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from vqgan_lc.backbones.registry import FeatureBackbone
+from vqgan_lc.backbones.base import FeatureBackbone
 from vqgan_lc.codebook.feature_store import VECTORS, FeatureStore, dataset_fingerprint
+from vqgan_lc.config import Config
 from vqgan_lc.data import ImageDataset
 from vqgan_lc.data.cache import read_header, write_cache
 
 
 @dataclass
-class ExtractConfig:
+class ExtractConfig(Config):
     pool: int | None = 4  # output grid side: pool x pool vectors per image (paper: 4x4); None: every grid cell
     batch_size: int = 32
     shard_mb: float = 256  # fp16 megabytes per shard file, approximately
     num_workers: int = 2  # image-decoding processes for the DataLoader (0: in-process)
     device: str = "cpu"
     progress: bool = True  # tqdm bar with images/s (rank 0 only)
+
+    def check(self) -> None:
+        if (self.pool is not None and self.pool < 1) or self.batch_size < 1 or self.num_workers < 0 or self.shard_mb <= 0:
+            raise ValueError(f"feature extraction needs pool >= 1 (or None), batch_size >= 1, num_workers >= 0 and "
+                             f"shard_mb > 0, got {self.pool}, {self.batch_size}, {self.num_workers}, {self.shard_mb}")
 
 
 def pool_features(feature_map: torch.Tensor, pool: int | None) -> torch.Tensor:
@@ -65,7 +71,7 @@ def extract_features(records, backbone: FeatureBackbone, folder: str, config: Ex
     Returns the finished `FeatureStore` on every rank, or None when `max_images` (images
     to process in this call, per rank: a way to stop early, used by tests) left work undone.
     """
-    config = config or ExtractConfig()
+    config = (config or ExtractConfig()).validate()
     if not records:
         raise ValueError("extract_features: no images to extract; check the image folder or list")
     header = {"version": 2, **backbone.describe(), "pooling": pooling_name(config.pool),

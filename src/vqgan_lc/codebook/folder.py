@@ -10,51 +10,12 @@ from __future__ import annotations
 import logging
 import os
 import time
-from dataclasses import dataclass
 
 from .. import distributed
-from ..config import Config
-from .build import CODEBOOK_MODES
+from ..files import cache_root
+from .config import CodebookBuildConfig  # also importable from here, as before
 
 log = logging.getLogger(__name__)
-
-DEFAULT_CACHE = os.path.join("~", ".cache", "vqgan-lc")
-
-
-@dataclass
-class CodebookBuildConfig(Config):
-    data: str = ""                     # image folder (class sub-folders -> labels) or a .txt list
-    size: int = 16_384                 # entries N
-    out: str = "codebook.safetensors"
-    backbone: str = "efficientnet-lite0"
-    backbone_weights: str | None = None
-    input_size: int | None = None      # image size fed to the backbone (default: the backbone's own, 256 for Lite0)
-    mode: str = "auto"                 # "auto" (per-class with labels, else global) or one of CODEBOOK_MODES
-    pool: int | None = 4               # average-pool each feature grid to pool x pool vectors (paper: 4); None keeps the grid
-    iters: int = 20
-    seed: int = 0
-    init: str = "random"               # k-means seeding: "random" | "k-means++"
-    assign: str = "auto"               # nearest-centroid search inside k-means: "auto" | "exact" | "ivf"
-    batch_size: int = 32
-    workers: int = 2                   # image-decoding processes
-    shard_mb: float = 256
-    cache_dir: str | None = None       # default $VQGAN_LC_CACHE or ~/.cache/vqgan-lc
-    features_dir: str | None = None    # exact folder for this dataset's features (overrides the cache)
-    device: str = "auto"
-    progress: bool = True
-
-    def check(self) -> None:
-        if not self.data:
-            raise ValueError("codebook build needs the image folder or list (data)")
-        if self.size < 1 or (self.pool is not None and self.pool < 1) or self.iters < 1 or self.batch_size < 1 or self.workers < 0:
-            raise ValueError(f"size, pool, iters and batch size must be >= 1 (got {self.size}, {self.pool}, "
-                             f"{self.iters}, {self.batch_size}) and workers >= 0")
-        if self.mode not in ("auto", *CODEBOOK_MODES):
-            raise ValueError(f"mode must be auto or one of {', '.join(CODEBOOK_MODES)}, got {self.mode!r}")
-        if self.init not in ("random", "k-means++") or self.assign not in ("auto", "exact", "ivf"):
-            raise ValueError(f"init must be random|k-means++ and assign auto|exact|ivf, got {self.init}, {self.assign}")
-        if os.path.isdir(self.out):
-            raise ValueError(f"--out {self.out} is a folder; give the codebook file's path (e.g. {self.out}/codebook.safetensors)")
 
 
 def features_folder(config: CodebookBuildConfig, records, backbone) -> str:
@@ -64,7 +25,7 @@ def features_folder(config: CodebookBuildConfig, records, backbone) -> str:
         return config.features_dir
     origin = {**backbone.describe(),
               "weights": os.path.abspath(config.backbone_weights) if config.backbone_weights else None}
-    root = os.path.expanduser(config.cache_dir or os.environ.get("VQGAN_LC_CACHE", DEFAULT_CACHE))
+    root = cache_root(config.cache_dir)
     return os.path.join(root, "features", features_key(dataset_fingerprint(records), origin, config.pool))
 
 

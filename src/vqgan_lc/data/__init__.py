@@ -9,6 +9,7 @@ from vqgan_lc.data.cache import (
 )
 from vqgan_lc.data.datasets import ImageDataset, build_dataset, collate_skip_corrupt
 from vqgan_lc.data.demo import DemoCrops, demo_photos
+from vqgan_lc.data.grid import save_comparison_grid, save_grid, save_png
 from vqgan_lc.data.images import (
     IMAGE_EXTENSIONS,
     ImageError,
@@ -57,6 +58,9 @@ __all__ = [
     "random_crop",
     "random_hflip",
     "resize_short_side",
+    "save_comparison_grid",
+    "save_grid",
+    "save_png",
     "to_tensor",
     "to_uint8",
     "write_cache",

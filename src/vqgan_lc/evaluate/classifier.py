@@ -17,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 from pathlib import Path
 
 import torch
@@ -28,9 +27,8 @@ from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
 from vqgan_lc.codebook.feature_store import dataset_fingerprint
-from vqgan_lc.codebook.folder import DEFAULT_CACHE
 from vqgan_lc.data import ImageDataset, class_names, collate_skip_corrupt, list_images, to_uint8
-from vqgan_lc.files import atomic_save_safetensors, atomic_write_json
+from vqgan_lc.files import atomic_save_safetensors, atomic_write_json, cache_root
 
 log = logging.getLogger(__name__)
 
@@ -76,10 +74,6 @@ class SmallClassifier(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(images).mean(dim=(2, 3)))
-
-
-def default_cache_dir() -> Path:
-    return Path(os.path.expanduser(os.environ.get("VQGAN_LC_CACHE", DEFAULT_CACHE)))
 
 
 def _settings(size: int, epochs: int, width: int, max_per_class: int) -> dict:
@@ -156,9 +150,9 @@ def _as_input(images_uint8: torch.Tensor, device: torch.device) -> torch.Tensor:
     return images_uint8.to(device).float() / 127.5 - 1.0
 
 
-def train_classifier(reference_dir, *, size: int = DEFAULT_SIZE, epochs: int = DEFAULT_EPOCHS,
-                     width: int = DEFAULT_WIDTH, max_per_class: int = DEFAULT_MAX_PER_CLASS,
-                     device="cpu", progress: bool = True) -> tuple[SmallClassifier, dict]:
+def train_consistency_classifier(reference_dir, *, size: int = DEFAULT_SIZE, epochs: int = DEFAULT_EPOCHS,
+                                 width: int = DEFAULT_WIDTH, max_per_class: int = DEFAULT_MAX_PER_CLASS,
+                                 device="cpu", progress: bool = True) -> tuple[SmallClassifier, dict]:
     """Train on the reference folder (uncached); returns (model in eval mode, info).
 
     info: accuracy (held-out, None when no class has 2 images), num_images (decoded and used),
@@ -248,21 +242,21 @@ def load_or_train_classifier(reference_dir, *, cache_dir=None, size: int = DEFAU
     """The classifier for `reference_dir`: loaded from the cache when its key matches, else trained and cached.
 
     `cache_dir` defaults to $VQGAN_LC_CACHE or ~/.cache/vqgan-lc; files go to its `classifiers/`
-    subfolder. info holds accuracy, num_images, class_names, key (see `train_classifier`) and
+    subfolder. info holds accuracy, num_images, class_names, key (see `train_consistency_classifier`) and
     `cached` (True when loaded, False when trained now).
     """
     _check_settings(size, epochs, width, max_per_class)
     device = torch.device(device)
     records, _ = _labelled_records(reference_dir)
     key = _key(records, _settings(size, epochs, width, max_per_class))
-    folder = (Path(os.path.expanduser(cache_dir)) if cache_dir else default_cache_dir()) / "classifiers"
+    folder = cache_root(cache_dir) / "classifiers"
     weights, meta = folder / f"{key}.safetensors", folder / f"{key}.json"
     cached = _load_cached(weights, meta, key, device)
     if cached is not None:
         model, info = cached
         return model, {**info, "cached": True}
-    model, info = train_classifier(reference_dir, size=size, epochs=epochs, width=width, max_per_class=max_per_class,
-                                   device=device, progress=progress)
+    model, info = train_consistency_classifier(reference_dir, size=size, epochs=epochs, width=width,
+                                               max_per_class=max_per_class, device=device, progress=progress)
     if info["key"] != key:  # a reference file changed while the classifier trained: do not file it under the old key
         log.warning("reference folder %s changed during classifier training; not caching", reference_dir)
         return model, {**info, "cached": False}

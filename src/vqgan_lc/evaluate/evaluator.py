@@ -7,6 +7,7 @@ the report covers the whole set.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,11 +16,12 @@ import torch
 from tqdm import tqdm
 
 from vqgan_lc import distributed
+from vqgan_lc.config import Config
 from vqgan_lc.backbones import inception
 from vqgan_lc.data.transforms import to_uint8
 from vqgan_lc.files import atomic_write_json
 from vqgan_lc.evaluate.frechet import InceptionFeatures, Lite0Features, RunningMoments, frechet_from_moments
-from vqgan_lc.evaluate.grid import save_comparison_grid
+from vqgan_lc.data.grid import save_comparison_grid
 from vqgan_lc.evaluate.metrics import psnr, psnr_y, ssim
 from vqgan_lc.quantize.usage import UsageAccumulator
 from vqgan_lc.backbones.perceptual import PERCEPTUAL_NAMES, build_perceptual, lpips_vgg_available
@@ -32,8 +34,8 @@ MIN_TOKENS_PER_ENTRY = 10
 
 
 @dataclass
-class EvalConfig:
-    image_size: int | None = 256  # every batch must hold image_size x image_size crops (None: the tokenizer's resolution)
+class EvalConfig(Config):
+    image_size: int | None = None  # every batch must hold image_size x image_size crops (None: the tokenizer's resolution)
     batch_size: int = 16  # for callers that build the loader
     max_images: int | None = None  # per process; None = the whole loader
     perceptual: str = "auto"  # "auto" (lpips-vgg when its weights are on disk, else perceptual-lite0) | "lpips-vgg" | "perceptual-lite0"
@@ -47,7 +49,7 @@ class EvalConfig:
     lpips_weights: str | None = None
     inception_weights: str | None = None
 
-    def __post_init__(self) -> None:
+    def check(self) -> None:
         if self.perceptual not in PERCEPTUAL_CHOICES:
             raise ValueError(f"perceptual must be one of {PERCEPTUAL_CHOICES}, got {self.perceptual!r}")
         if self.fid not in FID_CHOICES:
@@ -75,6 +77,17 @@ def _resolve_fid(config: EvalConfig) -> bool:
     return config.fid == "inception" or (config.fid == "auto" and inception.available(config.inception_weights))
 
 
+def _with_image_size(config: EvalConfig, model) -> EvalConfig:
+    """`config` with image_size set: None means the tokenizer's own resolution."""
+    if config.image_size is not None:
+        return config
+    resolution = getattr(getattr(getattr(model, "config", None), "autoencoder", None), "resolution", None)
+    if resolution is None:
+        raise ValueError("EvalConfig.image_size is None and the model has no config.autoencoder.resolution; "
+                         "set image_size to the side of the loader's crops")
+    return dataclasses.replace(config, image_size=int(resolution))
+
+
 def evaluate_tokenizer(model, loader, config: EvalConfig, *, device="cpu", grid_path=None, progress: bool = True) -> dict:
     """Evaluate `model` on every batch {"image": (B,3,H,W) in [-1, 1]} of `loader`; returns the report.
 
@@ -83,6 +96,7 @@ def evaluate_tokenizer(model, loader, config: EvalConfig, *, device="cpu", grid_
     """
     device = torch.device(device)
     core = getattr(model, "module", model)  # DDP-wrapped or not
+    config = _with_image_size(config.validate(), core)
     perceptual_name = _resolve_perceptual(config)
     perceptual = build_perceptual(perceptual_name, vgg_weights=config.vgg_weights, lpips_weights=config.lpips_weights).to(device)
     lite0 = Lite0Features(size=config.fd_image_size).to(device)
@@ -271,8 +285,6 @@ def evaluate_checkpoint(checkpoint, data: str, out_dir, config: EvalConfig, *, d
     Under `torchrun` every process evaluates a contiguous slice of the set and the statistics
     (sums, usage counts, Frechet moments) are all-reduced, so the report covers the whole set
     and equals a single-process run. Returns the report on the main process, None elsewhere."""
-    import dataclasses
-
     from torch.utils.data import DataLoader, Subset
 
     from vqgan_lc.data import build_dataset, collate_skip_corrupt
@@ -280,8 +292,7 @@ def evaluate_checkpoint(checkpoint, data: str, out_dir, config: EvalConfig, *, d
 
     env = distributed.init(device)
     model = VQModel.from_pretrained(checkpoint).to(env.device).eval()
-    if config.image_size is None:
-        config = dataclasses.replace(config, image_size=model.config.autoencoder.resolution)
+    config = _with_image_size(config.validate(), model)
     dataset = build_dataset(data, config.image_size, train=False)
     lo, hi = distributed.slice_of(len(dataset))
     loader = DataLoader(Subset(dataset, range(lo, hi)), batch_size=config.batch_size, shuffle=False,

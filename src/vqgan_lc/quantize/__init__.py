@@ -10,11 +10,13 @@ from .lc import LCQuantizer
 from .vq import LearnedQuantizer
 
 
-def build_quantizer(config: QuantizerConfig, codebook: torch.Tensor | str | None = None) -> Quantizer:
-    """`lc` takes the frozen (N, C) codebook (a tensor or a codebook file); the other kinds learn theirs."""
+def build_quantizer(config: QuantizerConfig, codebook: torch.Tensor | None = None,
+                    metadata: dict | None = None) -> Quantizer:
+    """`lc` takes the frozen (N, C) codebook tensor (and its file's `metadata`, kept as
+    provenance); the other kinds learn theirs."""
     config.validate()
     if config.kind == "lc":
-        return LCQuantizer(config, codebook)
+        return LCQuantizer(config, codebook, metadata)
     if codebook is not None:
         raise ValueError(f"a codebook tensor is only taken by kind='lc', not {config.kind!r}")
     if config.kind == "ema":

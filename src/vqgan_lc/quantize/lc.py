@@ -6,7 +6,7 @@ still follow the latent distribution: that is why 100,000+ entries stay ~99% use
 from __future__ import annotations
 
 import logging
-import os
+from dataclasses import replace
 
 import torch
 from torch import nn
@@ -17,30 +17,24 @@ from .config import QuantizerConfig
 log = logging.getLogger(__name__)
 
 
-def adopt_codebook(config: QuantizerConfig, codebook: torch.Tensor | str | os.PathLike,
-                   metadata: dict | None = None) -> torch.Tensor:
+def adopt_codebook(config: QuantizerConfig, codebook: torch.Tensor,
+                   source: str = "codebook tensor") -> QuantizerConfig:
     """The one rule for a given codebook: its (N, C) shape decides `codebook_size` and
-    `codebook_dim` (the projector adapts to C); a change to the config is logged, never silent.
+    `codebook_dim` (the projector adapts to C); a change is logged, never silent.
 
-    Accepts a tensor or the path of a codebook file from `vqgan-lc codebook build`; for a file,
-    its metadata is copied into `metadata` when a dict is passed."""
-    source = "codebook tensor"
-    if isinstance(codebook, (str, os.PathLike)):
-        from ..codebook.io import load_codebook
-        source = f"codebook file {codebook}"
-        book = load_codebook(codebook)
-        codebook = book.vectors
-        if metadata is not None:
-            metadata.update(book.metadata)
+    Returns `config` itself when the shape already agrees, else a validated copy: the config
+    a caller passed in (say, the one its training config holds) is never changed."""
+    if not isinstance(codebook, torch.Tensor):
+        raise TypeError(f"an LC codebook is an (N, C) tensor, got {type(codebook).__name__}; read a codebook "
+                        "file with vqgan_lc.codebook.load_codebook(path).vectors, or pass the path to VQModel")
     if codebook.ndim != 2:
         raise ValueError(f"an LC codebook is an (N, C) matrix, got shape {tuple(codebook.shape)}")
     n, c = map(int, codebook.shape)
-    if (n, c) != (config.codebook_size, config.codebook_dim):
-        log.info("%s sets codebook_size=%d, codebook_dim=%d (the config said %d x %d)", source, n, c,
-                 config.codebook_size, config.codebook_dim)
-        config.codebook_size, config.codebook_dim = n, c
-        config.validate()
-    return codebook
+    if (n, c) == (config.codebook_size, config.codebook_dim):
+        return config
+    log.info("%s sets codebook_size=%d, codebook_dim=%d (the config said %d x %d)", source, n, c,
+             config.codebook_size, config.codebook_dim)
+    return replace(config, codebook_size=n, codebook_dim=c).validate()
 
 
 def standardize(codebook: torch.Tensor) -> torch.Tensor:
@@ -62,17 +56,19 @@ def build_projector(kind: str, cin: int, cout: int, hidden: int) -> nn.Module:
 
 
 class LCQuantizer(Quantizer):
-    """`codebook`: an (N, C) tensor, or the path of a codebook file from `vqgan-lc codebook build`;
-    its shape decides N and C (`adopt_codebook`)."""
+    """`codebook`: the frozen (N, C) entries as a tensor; its shape decides N and C
+    (`adopt_codebook`, on a copy of `config`). `metadata`: what the codebook file records about
+    its origin (backbone, layer, pooling, k-means mode, seed, data fingerprint), kept as
+    provenance. Reading codebook files is the caller's part (`codebook.load_codebook`, or
+    `VQModel`, which takes a path)."""
 
-    def __init__(self, config: QuantizerConfig, codebook: torch.Tensor | str | os.PathLike | None = None):
-        metadata: dict = {}
+    def __init__(self, config: QuantizerConfig, codebook: torch.Tensor | None = None,
+                 metadata: dict | None = None):
         if codebook is not None:
-            codebook = adopt_codebook(config, codebook, metadata)  # before the base class keeps the config
+            config = adopt_codebook(config, codebook)  # before the base class keeps the config
         super().__init__(config)
-        # Where the frozen entries came from (backbone, layer, pooling, k-means mode, seed, data
-        # fingerprint: the file's scalar metadata). Not part of the config, so it never changes
-        # what the model computes or how runs compare; save_pretrained keeps it for the model card.
+        # The file's scalar metadata. Not part of the config, so it never changes what the model
+        # computes or how runs compare; save_pretrained keeps it for the model card.
         self.provenance = {"codebook": {k: v for k, v in metadata.items()
                                         if isinstance(v, (str, int, float, bool)) or v is None}} if metadata else {}
         if codebook is None:

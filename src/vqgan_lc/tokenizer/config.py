@@ -101,6 +101,14 @@ PRESETS: dict[str, Callable[[], TokenizerConfig]] = {
 }
 
 
+# The quantizer's learning-rate multiplier (the LC projector; the VQ/FC codebook) of every short
+# CPU run: the `cpu-*` recipes, `make demo` and the study. In a few hundred steps the encoder's
+# latents grow several-fold while an Adam step moves each projector weight by at most ~lr, so at
+# the paper's single rate the projected codebook lags behind the latent cloud and most entries
+# fall outside it (docs/utilization.md measures this).
+CPU_QUANTIZER_LR_SCALE = 30.0
+
+
 def get_preset(name: str) -> TokenizerConfig:
     """A fresh config for a named preset (edit the returned dataclasses freely)."""
     if name not in PRESETS:

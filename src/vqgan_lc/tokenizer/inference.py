@@ -16,8 +16,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..data import EvalTransform, ImageError, from_tensor, load_image
-from ..files import atomic_path, atomic_save_npy
+from ..data import EvalTransform, ImageError, load_image
+from ..data.grid import save_png
+from ..files import atomic_save_npy
 from .model import VQModel
 
 
@@ -92,7 +93,7 @@ def reconstruct_files(model: VQModel, paths: list[str], out_dir: str | os.PathLi
     for images, kept in _image_batches(paths, targets, size, summary):
         recon = model(images.to(model.device)).reconstruction.cpu()
         for target, image in zip(kept, recon):
-            _save_png(image, target)
+            save_png(image, target)
             summary.written.append(target)
     return _finish(summary, len(paths))
 
@@ -141,11 +142,6 @@ def decode_files(model: VQModel, paths: list[str], out_dir: str | os.PathLike) -
         except ValueError as err:  # unreadable file (ImageError), ids outside the codebook
             _skip(summary, path, str(err))
             continue
-        _save_png(image, target)
+        save_png(image, target)
         summary.written.append(target)
     return _finish(summary, len(paths))
-
-
-def _save_png(image: torch.Tensor, target: Path) -> None:
-    with atomic_path(target) as tmp:
-        from_tensor(image.clamp(-1, 1)).save(tmp, format="PNG")

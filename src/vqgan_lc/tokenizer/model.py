@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
@@ -43,22 +43,32 @@ class TokenizerOutput(Unpackable):
 
 
 class VQModel(PretrainedModel):
-    """`codebook` (LC only): the frozen (N, C) entries, as a tensor or a codebook file. A file
-    decides N and C (see `quantize.lc.adopt_codebook`); without one the LC entries start as a
-    Gaussian placeholder that `from_pretrained` or `load_codebook` replaces."""
+    """`codebook` (LC only): the frozen (N, C) entries, as a tensor or a codebook file. Its shape
+    decides N and C (see `quantize.lc.adopt_codebook`): the model's config is then a copy with
+    those sizes, and the `config` passed in is left as it was. Without a codebook the LC entries
+    start as a Gaussian placeholder that `from_pretrained` or `load_codebook` replaces."""
 
     model_type = "vqgan-lc-tokenizer"
     config_class = TokenizerConfig
     config: TokenizerConfig
 
     def __init__(self, config: TokenizerConfig, codebook: torch.Tensor | str | os.PathLike | None = None):
+        metadata = None
+        if isinstance(codebook, (str, os.PathLike)):
+            from ..codebook.io import load_codebook  # the codebook package loads only when a file is given
+
+            book = load_codebook(codebook)
+            codebook, metadata = book.vectors, book.metadata
+        quantizer: Quantizer = build_quantizer(config.quantizer, codebook, metadata)
+        if quantizer.config is not config.quantizer:  # the codebook set other sizes
+            config = replace(config, quantizer=quantizer.config)
         super().__init__(config)
         ae, q = config.autoencoder, config.quantizer
         self.encoder = Encoder(ae)
         self.decoder = Decoder(ae)
         self.quant_conv = nn.Conv2d(ae.z_channels, q.dim, 1)
         self.post_quant_conv = nn.Conv2d(q.dim, ae.z_channels, 1)
-        self.quantizer: Quantizer = build_quantizer(q, codebook)
+        self.quantizer = quantizer
 
     @classmethod
     def from_preset(cls, name: str, codebook: torch.Tensor | str | os.PathLike | None = None) -> "VQModel":

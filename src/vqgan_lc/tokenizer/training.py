@@ -22,7 +22,7 @@ from ..quantize.usage import UsageAccumulator
 from ..train.config import TrainConfig, load_recipe
 from ..distributed import DistEnv
 from ..train.loop import StepContext, TrainingTask, TrainResult, run_training
-from .config import TokenizerConfig, get_preset
+from .config import CPU_QUANTIZER_LR_SCALE, TokenizerConfig, get_preset
 from .losses import LossConfig, TokenizerLoss
 from .model import VQModel
 
@@ -39,7 +39,7 @@ class TokenizerTrainConfig(TrainConfig):
     # codebook). 1.0 is the paper's single rate. In short runs the encoder's latents grow several-fold
     # within ~100 steps while an Adam step moves each projector weight by at most ~lr, so the
     # projected codebook lags behind the latent cloud and most entries fall outside it
-    # (docs/utilization.md measures this); the CPU recipes use 30.
+    # (docs/utilization.md measures this); the CPU recipes use CPU_QUANTIZER_LR_SCALE.
     quantizer_lr_scale: float = 1.0
 
     def check(self) -> None:
@@ -71,7 +71,7 @@ def _cpu(preset: str) -> TokenizerTrainConfig:
     # Minutes on 2 CPU cores: 64 px demo crops, no GAN (it needs far more steps to help).
     return TokenizerTrainConfig(model=get_preset(preset), data="demo", batch_size=16, lr=1e-3, max_steps=300,
                                 loss=LossConfig(disc_start=10**9), save_every=100, image_every=100,
-                                log_every=10, usage_every=25, quantizer_lr_scale=30.0)
+                                log_every=10, usage_every=25, quantizer_lr_scale=CPU_QUANTIZER_LR_SCALE)
 
 
 RECIPES: dict[str, Callable[[], TokenizerTrainConfig]] = {
@@ -173,7 +173,7 @@ class TokenizerTask(TrainingTask):
                 ctx.writer.add_scalar("usage/perplexity", stats["perplexity"], step)
             self.usage.reset()
         if ctx.writer is not None and self._pairs and (step % cfg.image_every == 0 or step == ctx.total_steps):
-            from ..evaluate.grid import save_comparison_grid
+            from ..data.grid import save_comparison_grid
             images, recon = self._pairs[0]
             grid = ctx.out_dir / "samples" / f"step_{step:07d}.png"
             save_comparison_grid(images[:8].cpu(), recon[:8].clamp(-1, 1).cpu(), grid, max_images=8)

@@ -1,4 +1,6 @@
-"""PNG grids of images, and of originals above their reconstructions (PIL, no torchvision)."""
+"""Writing images: one PNG, PNG grids of images, and of originals above their reconstructions
+(PIL, no torchvision). Every stage that writes pictures (training samples, reports, `decode`,
+`sample`) writes them through `save_png`."""
 from __future__ import annotations
 
 import os
@@ -7,7 +9,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from vqgan_lc.data.transforms import to_uint8
+from vqgan_lc.data.transforms import from_tensor, to_uint8
 from vqgan_lc.files import atomic_path
 
 PADDING = 2  # pixels of white between tiles
@@ -33,16 +35,18 @@ def _tile(tiles: np.ndarray, nrow: int) -> np.ndarray:
     return canvas
 
 
-def _save_png(canvas: np.ndarray, path: str | os.PathLike) -> None:
+def save_png(image: torch.Tensor | np.ndarray, path: str | os.PathLike) -> None:
+    """Write one PNG atomically: a (3, H, W) tensor in [-1, 1] (clamped) or an (H, W, 3) uint8 array."""
+    picture = from_tensor(image) if isinstance(image, torch.Tensor) else Image.fromarray(image)
     with atomic_path(path) as tmp:
-        Image.fromarray(canvas).save(tmp, format="PNG")
+        picture.save(tmp, format="PNG")
 
 
 def save_grid(images: torch.Tensor, path: str | os.PathLike, nrow: int = 8) -> None:
     """Save (N,3,H,W) images in [-1, 1] as a PNG grid with `nrow` images per row."""
     if nrow < 1 or images.shape[0] < 1:
         raise ValueError(f"save_grid needs nrow >= 1 and at least one image, got nrow={nrow}, {images.shape[0]} images")
-    _save_png(_tile(_to_uint8(images), nrow), path)
+    save_png(_tile(_to_uint8(images), nrow), path)
 
 
 def save_comparison_grid(
@@ -64,7 +68,7 @@ def save_comparison_grid(
             if len(chunk) < cols:  # keep every pair in the same column: pad the short last row
                 chunk = np.concatenate([chunk, np.full((cols - len(chunk), *chunk.shape[1:]), 255, np.uint8)])
             tiles.append(chunk)
-    _save_png(_tile(np.concatenate(tiles), cols), path)
+    save_png(_tile(np.concatenate(tiles), cols), path)
 
 
 def pyplot(purpose: str):

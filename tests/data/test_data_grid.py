@@ -3,7 +3,7 @@ import pytest
 import torch
 from PIL import Image
 
-from vqgan_lc.evaluate.grid import PADDING, save_comparison_grid, save_grid
+from vqgan_lc.data.grid import PADDING, save_comparison_grid, save_grid
 
 
 def test_save_grid_layout_and_pixels(tmp_path):
@@ -43,3 +43,14 @@ def test_comparison_grid_limits_and_errors(tmp_path):
         save_comparison_grid(x, x[:2], tmp_path / "b.png")
     with pytest.raises(ValueError, match=r"\(N,3,H,W\)"):
         save_grid(torch.zeros(2, 1, 4, 4), tmp_path / "c.png", nrow=2)
+
+
+def test_save_png_writes_a_tensor_in_minus_one_one_and_a_uint8_array_alike(tmp_path):
+    from vqgan_lc.data.grid import save_png
+
+    image = torch.tensor([-1.5, 0.0, 1.0]).view(3, 1, 1).expand(3, 4, 5)  # out of range is clamped
+    save_png(image, tmp_path / "a" / "from_tensor.png")
+    pixels = np.asarray(Image.open(tmp_path / "a" / "from_tensor.png"))
+    assert pixels.shape == (4, 5, 3) and (pixels == [0, 128, 255]).all()
+    save_png(pixels, tmp_path / "from_array.png")
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "from_array.png")), pixels)

@@ -16,7 +16,7 @@ CONFIGS = {
     "codebook build": ["vqgan_lc.codebook.config:CodebookBuildConfig"],
     "cache": ["vqgan_lc.generate.cache:CacheConfig"],
     "sample": ["vqgan_lc.generate.sample:SampleConfig"],
-    "eval-gen": ["vqgan_lc.evaluate.generation:GenEvalConfig"],
+    "eval-gen": ["vqgan_lc.evaluate.generation:GenEvalConfig", "vqgan_lc.evaluate.generation:StatsConfig"],
     "study": ["vqgan_lc.study:StudyConfig"],
     "classify": ["vqgan_lc.classify.model:TokenClassifierConfig"],
     "demo": ["vqgan_lc.demo:DemoConfig", "vqgan_lc.generate.demo:GenerationDemoConfig"],

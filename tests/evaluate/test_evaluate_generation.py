@@ -263,7 +263,7 @@ def test_one_line_errors(trained, reference, tmp_path):
 def test_npz_samples_with_labels_get_class_consistency(trained, reference, tmp_path, monkeypatch):
     """An ADM sample batch (arr_0 images, arr_1 class ids) is scored like the sampler's folder."""
     _, _, cache = trained
-    monkeypatch.setattr(classifier_module, "train_classifier", _fail_training)
+    monkeypatch.setattr(classifier_module, "train_consistency_classifier", _fail_training)
     images, labels = [], []
     for c, name in enumerate(CLASSES):
         for src in sorted((reference / name).iterdir())[:5]:

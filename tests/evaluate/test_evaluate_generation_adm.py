@@ -213,3 +213,25 @@ def test_cli_stats_then_eval_gen(batches, tmp_path, capsys, monkeypatch):
     assert seen["config"].batch_size == GenEvalConfig().batch_size  # the CLI's default is the config's
     assert main(["eval-gen", str(samples_npz), "--out", str(tmp_path / "o3")]) != 0
     assert "needs --reference" in capsys.readouterr().err
+
+
+def test_sampler_folder_with_its_npz_batch(batches, tmp_path):
+    """`vqgan-lc sample --npz --no-png` leaves samples.npz (written streamed, zip64), tokens.npy and
+    report.json: eval-gen reads the batch and still measures utilization from the folder."""
+    from vqgan_lc.generate.sample import _write_npz
+
+    _, reference_npz, samples, _ = batches
+    folder = tmp_path / "sampled"
+    folder.mkdir()
+    parts = []
+    for k, chunk in enumerate(np.array_split(samples, 3)):
+        parts.append(tmp_path / f"{k}.images.npy")
+        np.save(parts[-1], chunk)
+    _write_npz(folder / "samples.npz", parts, np.arange(37) % 3)
+    np.save(folder / "tokens.npy", np.random.default_rng(0).integers(0, 20, size=(37, 4)).astype(np.int32))
+    (folder / "report.json").write_text(json.dumps({"codebook_size": 32, "guidance_scale": 2.0}))
+    report = evaluate_samples(_config(folder, reference_npz, tmp_path / "out"))
+    direct = evaluate_samples(_config(batches[0], reference_npz, tmp_path / "direct"))
+    assert report["fid"] == direct["fid"] and report["inception_score"] == direct["inception_score"]
+    assert report["num_tokens"] == 37 * 4 and report["guidance_scale"] == 2.0
+    assert "samples.npz" in report["protocol"]["samples"]

@@ -4,7 +4,7 @@
     vqgan-lc train-gen gpt-tiny|dit-tiny|sit-tiny|ldm-tiny --cache CACHE --out RUN [--set key=value ...]
     vqgan-lc export RUN --out PIPELINE [--tokenizer-hub-id ORG/NAME]   (the command lives in cli/tokenizer.py)
     vqgan-lc sample PIPELINE|RUN --classes 0,1,2 --per-class 8 --cfg-scale 2 --out DIR [--npz]
-    vqgan-lc eval-gen SAMPLES --reference DIR|NPZ --out OUT
+    vqgan-lc eval-gen SAMPLES|NPZ --reference DIR|NPZ --out OUT
     vqgan-lc eval-gen stats DIR|NPZ --out REF.npz
 """
 from __future__ import annotations
@@ -83,15 +83,16 @@ def register(sub) -> None:
                    "or a statistics .npz; or the word `stats` followed by SOURCE")
     p.add_argument("stats_source", nargs="?", metavar="SOURCE", help="with `stats`: the image folder or sample .npz whose "
                    "statistics --out REF.npz receives (computed once, resumable, sharded under torchrun)")
-    p.add_argument("--reference", help="real images in class sub-folders (the training images), an ADM reference batch "
+    p.add_argument("--reference", default="", help="real images in class sub-folders (the training images), an ADM reference batch "
                    "(e.g. VIRTUAL_imagenet256_labeled.npz) or a `vqgan-lc eval-gen stats` file")
     p.add_argument("--out", required=True, help="report folder; with `stats`: the .npz to write")
-    p.add_argument("--fid", help="auto (when the Inception weights are on disk; default) | inception | off")
-    p.add_argument("--fd-image-size", type=common.positive_int, help="folder images are loaded at this size (default 256)")
-    p.add_argument("--batch-size", type=common.positive_int, help="images per batch (default: the config's, 32)")
-    p.add_argument("--workers", type=int, help="image-decoding processes (default 2)")
-    p.add_argument("--pr-reference-images", type=common.positive_int,
-                   help="reference images behind precision / recall: a seeded subset of a larger set (default 10000)")
+    # defaults equal GenEvalConfig's and StatsConfig's (tests/test_cli_defaults.py keeps them so)
+    p.add_argument("--fid", default="auto", help="auto (when the Inception weights are on disk) | inception | off")
+    p.add_argument("--fd-image-size", type=common.positive_int, default=256, help="folder images are loaded at this size")
+    p.add_argument("--batch-size", type=common.positive_int, default=32)
+    p.add_argument("--workers", type=int, default=2, help="image-decoding processes")
+    p.add_argument("--pr-reference-images", type=common.positive_int, default=10000,
+                   help="reference images behind precision / recall: a seeded subset of a larger set")
     p.add_argument("--max-images", type=common.positive_int, help="with `stats`: stop after this many images per "
                    "process (rerun to continue)")
     p.set_defaults(func=eval_gen)
@@ -164,9 +165,7 @@ def sample(args) -> int:
 def eval_gen(args) -> int:
     from ..evaluate.generation import GenEvalConfig, StatsConfig, adm_table, compute_reference_stats, evaluate_samples
 
-    # unset options keep the config's defaults: one place defines them
-    chosen = {key: getattr(args, key) for key in ("fid", "fd_image_size", "batch_size", "workers", "pr_reference_images")
-              if getattr(args, key) is not None}
+    chosen = {key: getattr(args, key) for key in ("fid", "fd_image_size", "batch_size", "workers", "pr_reference_images")}
     if args.samples == "stats" and args.stats_source is not None:
         if args.reference:
             raise ValueError("eval-gen stats summarises one set: drop --reference")

@@ -44,6 +44,7 @@ from vqgan_lc.quantize.usage import UsageAccumulator
 
 SAMPLER_REPORT = "report.json"
 TOKENS_FILE = "tokens.npy"
+SAMPLER_NPZ = "samples.npz"  # the ADM sample batch `vqgan-lc sample --npz` writes beside the PNGs
 TOKEN_CHUNK_ROWS = 4096  # rows of tokens.npy counted at a time: bounded memory for any number of samples
 LOW_CLASSIFIER_ACCURACY = 0.9
 PR_REFERENCE_IMAGES = 10000  # reference images behind precision / recall: the size of the ADM reference batches
@@ -287,6 +288,8 @@ def _open_side(path_text: str, what: str, config, reference_names: list[str] | N
         if what == "samples":
             if next(path.iterdir(), None) is None:
                 raise ValueError(f"samples folder {path} is empty; run the sampler first or pass the folder it wrote")
+            if (path / SAMPLER_NPZ).is_file():  # `sample --npz`: the same pixels, read without decoding PNGs
+                return _Side(what, path, "folder", NpzBatchImages(str(path / SAMPLER_NPZ)))
             records = _sample_listing(path, reference_names or [])
             requested = _sample_class_ids(records, path, reference_names or [])
             return _Side(what, path, "folder", FolderImages(records, config.fd_image_size, config.workers, requested))
@@ -603,6 +606,8 @@ def _protocol(config, report, samples: _Side, reference: _Side, use_fid, nets, c
 
 
 def _describe(side: _Side, count: int) -> str:
+    if side.kind == "folder" and isinstance(side.images, NpzBatchImages):
+        return f"{side.path.resolve()}: sampler folder, its ADM sample batch {SAMPLER_NPZ} ({count} images)"
     if side.kind == "folder":
         return f"{side.path.resolve()}: image folder, {count} images"
     if side.kind == "npz":

@@ -127,3 +127,41 @@ def test_cli_classify_with_index_embedding(tokenizer, two_class_folders, tmp_pat
     assert main(["classify", str(tokenizer), "--train", str(flat), "--val", str(flat), "--out",
                  str(tmp_path / "bad")]) == 2
     assert "label" in capsys.readouterr().err
+
+
+class _AlwaysRight(torch.nn.Module):
+    """A classifier that answers class 1 ("right") for every token map."""
+
+    def forward(self, tokens):
+        return torch.tensor([[0.0, 1.0]]).expand(len(tokens), 2)
+
+
+def test_held_out_classes_are_matched_by_name_not_position(tokenizer, two_class_folders, tmp_path):
+    import shutil
+
+    from vqgan_lc.classify.training import evaluate_classifier
+    from vqgan_lc.generate.cache import CacheConfig, build_cache
+
+    subset = tmp_path / "val-right-only"  # the held-out set has one of the two classes: its position 0
+    shutil.copytree(two_class_folders / "val" / "right", subset / "right")
+    build_cache(CacheConfig(tokenizer=str(tokenizer), data=str(subset), out=str(tmp_path / "cache"), workers=0,
+                            progress=False))
+    scores = evaluate_classifier(_AlwaysRight(), str(tmp_path / "cache"), class_names=["left", "right"])
+    assert scores["top1"] == 1.0 and scores["per_class_top1"] == {"right": 1.0}
+    with pytest.raises(ValueError, match="does not have"):  # a name the classifier never saw
+        evaluate_classifier(_AlwaysRight(), str(tmp_path / "cache"), class_names=["left", "up"])
+
+
+def test_one_class_or_an_unknown_class_name_is_refused_before_any_encoding(tokenizer, two_class_folders, tmp_path):
+    import shutil
+
+    one = tmp_path / "one"
+    shutil.copytree(two_class_folders / "train" / "left", one / "left")
+    with pytest.raises(ValueError, match="at least 2 classes"):
+        classify(tokenizer, str(one), str(one), tmp_path / "out1", progress=False)
+    renamed = tmp_path / "renamed"
+    shutil.copytree(two_class_folders / "val" / "left", renamed / "left")
+    shutil.copytree(two_class_folders / "val" / "right", renamed / "Right")
+    with pytest.raises(ValueError, match=r"class\(es\) Right that .* does not have .*matched by name"):
+        classify(tokenizer, str(two_class_folders / "train"), str(renamed), tmp_path / "out2", progress=False)
+    assert not (tmp_path / "out1").exists() and not (tmp_path / "out2").exists()  # nothing was encoded

@@ -119,10 +119,10 @@ def refuse_existing_run(out: str, overwrite: bool, export_name: str) -> None:
 
     if not holds_run(out):
         return
-    if not overwrite:
-        raise ValueError(f"{out} already holds a training run; continue it with --resume {out}, replace it with "
-                         "--overwrite, or choose another --out")
-    with DirectoryLock(out):  # not while another process trains there
+    with DirectoryLock(out):  # a run another process is training says so first, and is never cleared
+        if not overwrite:
+            raise ValueError(f"{out} already holds a training run; continue it with --resume {out}, replace it with "
+                             "--overwrite, or choose another --out")
         clear_run(out, export_name)
 
 

@@ -449,7 +449,8 @@ def _train(task, config, env, out_dir, resume, state, stop_at_step, progress) ->
             writer.close()
             metrics.close()
         raise TrainingInterrupted(f"interrupted: the checkpoint in {out_dir} holds step {step} of {total_steps}; "
-                                  f"continue exactly from it with --resume {out_dir}")
+                                  f"a resume continues exactly from it (--resume {out_dir}; a study, classify or "
+                                  "demo resumes when run again)")
     bar.close()
     _write_skipped(out_dir, env, skipped_files, skipped_steps)
     if history and skipped_steps == len(history):

@@ -337,6 +337,11 @@ def test_train_refuses_a_folder_holding_a_run_unless_overwrite(tmp_path, capsys)
     assert json.loads((run / "train_config.json").read_text())["max_steps"] == 2
     assert [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()] == [1, 2]
     assert (run / "notes.txt").read_text() == "the user's own file"  # only the run's own files were replaced
+    capsys.readouterr()
+    assert main(["info", str(run), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["kind"] == "tokenizer run" and info["step"] == "2 (max_steps=2)"
+    assert info["EMA"].startswith("none") and info["exported model"].endswith("model.safetensors")
 
 
 def test_train_gen_help_lists_model_keys_of_the_named_preset_and_gives_examples(capsys):

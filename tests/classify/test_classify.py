@@ -118,7 +118,14 @@ def test_cli_classify_with_index_embedding(tokenizer, two_class_folders, tmp_pat
     assert code == 0
     report = json.loads((out / "report.json").read_text())
     assert report["embed"] == "index" and 0.0 <= report["top1"] <= 1.0
+    assert report["class_names"] == ["left", "right"] and set(report["per_class_top1"]) == {"left", "right"}
     assert "top-1" in capsys.readouterr().out
+    # the folder is understood by the other commands: plot finds its run, info says what it is
+    assert main(["plot", str(out)]) == 0 and (out / "run" / "metrics.png").is_file()
+    capsys.readouterr()
+    assert main(["info", str(out), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["kind"].startswith("classification") and info["classes"] == "2: 0=left, 1=right"
     # unlabelled images cannot be classified: one line, exit status 2
     flat = tmp_path / "flat"
     flat.mkdir()

@@ -79,7 +79,24 @@ def build_inputs(root):
     save_file(state, str(root / "nanckpt" / "model.safetensors"), metadata=meta)
     shutil.copytree(root / "run", root / "badrun", ignore=shutil.ignore_patterns(".lock"))
     (root / "badrun" / "generator" / "model.safetensors").write_bytes(b"\x00garbage" * 16)
+    # files cut short, as a full disk or an interrupted copy leaves them
+    shutil.copytree(root / "run", root / "cutrun", ignore=shutil.ignore_patterns(".lock"))
+    _cut(root / "cutrun" / "train_config.json")
+    shutil.copytree(root / "cache", root / "cutmanifest")
+    _cut(root / "cutmanifest" / "manifest.json")
+    shutil.copytree(root / "cache", root / "cutshard")
+    _cut(next((root / "cutshard").glob("shard-*.tokens.npy")))
+    # one class only; and a held-out set whose class folder was renamed
+    (root / "oneclass" / "cat").mkdir(parents=True)
+    shutil.copy(root / "images" / "0" / "0.png", root / "oneclass" / "cat" / "0.png")
+    shutil.copytree(root / "images", root / "renamed")
+    (root / "renamed" / "1").rename(root / "renamed" / "one")
     return root
+
+
+def _cut(path):
+    data = path.read_bytes()
+    path.write_bytes(data[:len(data) // 2])
 
 
 @pytest.fixture(scope="module")
@@ -271,6 +288,54 @@ CASES = {
                                 "device"),
     "train-device-typo": (["train", "cpu-tiny-lc", "--data", "{images}", "--out", "{new}", "--set", "device=tpu"],
                           "device"),
+    # earlier work is never replaced: a run in --out, a resume into another folder, a cache into the data
+    "train-out-holds-run": (["train", "cpu-tiny-lc", "--data", "{images}", "--out", "{tokrun}"],
+                            "already holds a training run"),
+    "train-gen-out-holds-run": (["train-gen", "gpt-tiny", "--cache", "{cache}", "--out", "{run}"],
+                                "already holds a training run"),
+    "train-gen-resume-into-other-out": (["train-gen", "--resume", "{run}", "--out", "{new}"], "drop --out"),
+    "train-gen-resume-and-overwrite": (["train-gen", "--resume", "{run}", "--overwrite"], "only one of them"),
+    "cache-out-is-data": (["cache", "tokens", TOK, "--data", "{images}", "--out", "{images}"],
+                          "is the data folder"),
+    "cache-out-inside-data": (["cache", "latents", TOK, "--data", "{images}", "--out", "{images}/0/cache"],
+                              "inside the data folder"),
+    # NaN and infinity in any number, refused by the config checks before any work
+    "train-lr-nan": (["train", "cpu-tiny-lc", "--data", "{images}", "--out", "{new}", "--set", "lr=nan"],
+                     "lr must be a finite number"),
+    "train-nested-inf": (["train", "cpu-tiny-lc", "--data", "{images}", "--out", "{new}", "--set",
+                          "loss.disc_weight=inf"], "loss.disc_weight must be a finite number"),
+    "train-betas-nan": (["train", "cpu-tiny-lc", "--data", "{images}", "--out", "{new}", "--set", "betas=nan,0.9"],
+                        "betas must be a finite number"),
+    "train-gen-lr-nan": (["train-gen", "gpt-tiny", "--cache", "{cache}", "--out", "{new}", "--set", "lr=nan"],
+                         "lr must be a finite number"),
+    "train-gen-model-inf": (["train-gen", "gpt-tiny", "--cache", "{cache}", "--out", "{new}", "--set",
+                             "model.mlp_ratio=inf"], "model.mlp_ratio must be a finite number"),
+    "train-gen-resume-lr-nan": (["train-gen", "--resume", "{run}", "--set", "lr=nan"], "finite"),
+    "sample-cfg-scale-nan": (["sample", "{run}", "--out", "{new}", "--cfg-scale", "nan"], "cfg_scale must be a finite"),
+    "sample-temperature-inf": (["sample", "{run}", "--out", "{new}", "--temperature", "inf"],
+                               "temperature must be a finite"),
+    "classify-lr-nan": (["classify", TOK, "--train", "{images}", "--val", "{images}", "--out", "{new}", "--set",
+                         "lr=nan"], "finite"),
+    # a file cut short: one line naming it
+    "train-gen-resume-cut-config": (["train-gen", "--resume", "{cutrun}"], "cutrun/train_config.json is damaged"),
+    "sample-cut-config": (["sample", "{cutrun}", "--out", "{new}"], "train_config.json is damaged"),
+    "train-gen-cut-manifest": (["train-gen", "gpt-tiny", "--cache", "{cutmanifest}", "--out", "{new}"],
+                               "cutmanifest/manifest.json is damaged"),
+    "train-gen-cut-shard": (["train-gen", "gpt-tiny", "--cache", "{cutshard}", "--out", "{new}"],
+                            "tokens.npy is damaged"),
+    # the wrong kind of path
+    "train-gen-cache-is-file": (["train-gen", "gpt-tiny", "--cache", "{taken}", "--out", "{new}"], "not a folder"),
+    "plot-out-under-a-file": (["plot", "{run}", "--out", "{taken}/curves.png"], "taken is a file, not a folder"),
+    # classes are matched by name, before any work
+    "classify-one-class": (["classify", TOK, "--train", "{oneclass}", "--val", "{oneclass}", "--out", "{new}"],
+                           "at least 2 classes"),
+    "classify-renamed-val-class": (["classify", TOK, "--train", "{images}", "--val", "{renamed}", "--out", "{new}"],
+                                   "matched by name"),
+    # info
+    "info-missing": (["info", "{missing}"], "does not exist"),
+    "info-plain-folder": (["info", "{plain}"], "not a folder vqgan-lc wrote"),
+    "info-file": (["info", "{taken}"], "not a folder"),
+    "info-cut-config": (["info", "{cutrun}"], "train_config.json is damaged"),
 }
 if not torch.cuda.is_available():  # asking for CUDA on a CPU-only build is a broken input too
     CASES.update({
@@ -323,6 +388,8 @@ def test_broken_input_fails_in_one_line(case, paths, tmp_path, capsys, request):
     assert err.startswith("vqgan-lc ") and ": error: " in err, err
     assert expected.lower() in err.lower(), (expected, err)
     assert (paths / "taken").read_text() == before  # an existing file given as --out is left alone
+    new = tmp_path / "new"  # a refused command leaves no empty --out behind (nor a lone .lock in it)
+    assert not new.is_dir() or [p.name for p in new.iterdir()] not in ([], [".lock"]), list(new.iterdir())
 
 
 def test_every_command_is_covered():

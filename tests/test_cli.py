@@ -317,4 +317,43 @@ def test_disk_full_in_a_safetensors_write_is_one_line_too(checkpoint, small_disk
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"vqgan-lc export: error: no space left on device writing {out}"), err
     assert "\n" not in err and "Traceback" not in err, err
-    assert list(out.iterdir()) == []  # neither the weights nor their temporary file are left
+    assert not out.exists()  # neither the weights nor their temporary file are left, nor the empty --out
+
+
+def test_train_refuses_a_folder_holding_a_run_unless_overwrite(tmp_path, capsys):
+    run = tmp_path / "run"
+    argv = ["train", "cpu-tiny-lc", "--data", "demo:train:16", "--out", str(run), "--set", *TINY_TRAIN, "max_steps=1"]
+    assert main(argv) == 0
+    (run / "notes.txt").write_text("the user's own file")
+    weights = run / "tokenizer" / "model.safetensors"
+    before = weights.read_bytes()
+    assert main([*argv[:-1], "max_steps=2"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert f"{run} already holds a training run" in err and "--resume" in err and "--overwrite" in err
+    assert weights.read_bytes() == before and json.loads((run / "train_config.json").read_text())["max_steps"] == 1
+    assert main(["train", "--resume", str(run), "--out", str(tmp_path / "elsewhere")]) == 2
+    assert "drop --out" in capsys.readouterr().err
+    assert main([*argv[:-1], "max_steps=2", "--overwrite"]) == 0  # a new run replaces the old one
+    assert json.loads((run / "train_config.json").read_text())["max_steps"] == 2
+    assert [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()] == [1, 2]
+    assert (run / "notes.txt").read_text() == "the user's own file"  # only the run's own files were replaced
+    capsys.readouterr()
+    assert main(["info", str(run), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["kind"] == "tokenizer run" and info["step"] == "2 (max_steps=2)"
+    assert info["EMA"].startswith("none") and info["exported model"].endswith("model.safetensors")
+
+
+def test_train_gen_help_lists_model_keys_of_the_named_preset_and_gives_examples(capsys):
+    with pytest.raises(SystemExit):
+        main(["train-gen", "--help"])
+    text = capsys.readouterr().out
+    for key in ("model.n_layer", "model.depth", "model.model_channels", "max_steps", "ema_decay"):
+        assert key in text, key
+    assert "examples:" in text and "train-gen dit-tiny --cache" in text and "--resume" in text
+    with pytest.raises(SystemExit):
+        main(["train-gen", "dit-S", "--help"])
+    text = capsys.readouterr().out
+    depth = next(line for line in text.splitlines() if line.strip().startswith("model.depth"))
+    assert depth.split()[-1] == "12"  # dit-S's depth, not the class default
+    assert "model.* keys of gpt-tiny" not in text and "model.in_channels" in text and "from the cache" in text

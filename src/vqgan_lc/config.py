@@ -7,6 +7,8 @@ walks every nested config and calls its `check()`. Nothing downstream re-checks.
 from __future__ import annotations
 
 import dataclasses
+import json
+import math
 import typing
 from typing import Any, TypeVar
 
@@ -20,13 +22,33 @@ class Config:
         """Raise ValueError (one line, naming the field) for a bad value of this config's own fields."""
 
     def validate(self: C) -> C:
-        """`check()` this config and every nested one; returns self."""
+        """Refuse NaN and infinity in every number, then `check()` this config and every nested
+        one; returns self. The first test is done here once for every field of every config, so
+        that no `check()` has to remember that `nan <= 0` and `nan > 1` are both false."""
+        for key, value in self._numbers():
+            if not math.isfinite(value):
+                raise ValueError(f"{key} must be a finite number, got {value}; give a value such as {key}=0.5")
+        self._check_tree()
+        return self
+
+    def _check_tree(self) -> None:
         for f in dataclasses.fields(self):  # type: ignore[arg-type]
             value = getattr(self, f.name)
             if isinstance(value, Config):
-                value.validate()
+                value._check_tree()
         self.check()
-        return self
+
+    def _numbers(self, prefix: str = ""):
+        """(dotted key, value) of every float held by this config and its nested ones (tuple items too)."""
+        for f in dataclasses.fields(self):  # type: ignore[arg-type]
+            value = getattr(self, f.name)
+            key = prefix + f.name
+            if isinstance(value, Config):
+                yield from value._numbers(key + ".")
+            elif isinstance(value, float):
+                yield key, value
+            elif isinstance(value, (tuple, list)):
+                yield from ((key, item) for item in value if isinstance(item, float))
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)  # type: ignore[call-overload]
@@ -60,8 +82,9 @@ class Config:
                 if not isinstance(target, Config):
                     raise ValueError(f"override {key!r}: {section!r} is not a section")
             hints = typing.get_type_hints(type(target))
-            if name not in hints or name.startswith("_"):
-                known = ", ".join(sorted(k for k in hints if not k.startswith("_")))
+            fields = {f.name for f in dataclasses.fields(target)}  # type: ignore[arg-type]
+            if name not in fields or name.startswith("_"):
+                known = ", ".join(sorted(k for k in fields if not k.startswith("_")))
                 raise ValueError(f"override {key!r}: unknown field {name!r} (known: {known})")
             try:
                 setattr(target, name, parse_value(text, hints[name]))
@@ -84,6 +107,20 @@ class Config:
             else:
                 rows.append((prefix + f.name, _type_name(hints[f.name]), value))
         return rows
+
+
+def differing_keys(a: dict, b: dict, prefix: str = "") -> list[str]:
+    """Dotted keys where two nested settings dicts differ, compared as they read back from JSON
+    (tuples and lists alike): what a saved run or result is checked against."""
+    a, b = json.loads(json.dumps(a, default=str)), json.loads(json.dumps(b, default=str))
+    out = []
+    for key in sorted(set(a) | set(b)):
+        x, y = a.get(key), b.get(key)
+        if isinstance(x, dict) and isinstance(y, dict):
+            out += differing_keys(x, y, f"{prefix}{key}.")
+        elif x != y:
+            out.append(prefix + key)
+    return out
 
 
 def _type_name(kind: Any) -> str:

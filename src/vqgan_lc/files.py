@@ -61,6 +61,19 @@ def atomic_write_json(path: str | os.PathLike, data: Any, *, indent: int | None 
     atomic_write_text(path, text + "\n")
 
 
+def read_json(path: str | os.PathLike, what: str, fix: str) -> Any:
+    """A JSON file's content; a damaged one (cut short by a full disk or a copy, edited by hand)
+    is one line naming the file, what it held and `fix` (what to do), not the parser's message."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path} is damaged ({err.msg} at line {err.lineno}, column {err.colno}): {what} cannot be "
+                         f"read; {fix}") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"{path} is damaged (not text): {what} cannot be read; {fix}") from None
+
+
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
     import torch
 
@@ -118,6 +131,19 @@ DEFAULT_CACHE = os.path.join("~", ".cache", "vqgan-lc")
 def cache_root(override: str | os.PathLike | None = None) -> Path:
     """`override` when given, else $VQGAN_LC_CACHE, else ~/.cache/vqgan-lc (user-expanded)."""
     return Path(os.path.expanduser(override or os.environ.get(CACHE_ENV, DEFAULT_CACHE)))
+
+
+def refuse_output_inside(out: str | os.PathLike, source: str | os.PathLike, what: str = "output folder",
+                         source_what: str = "input folder") -> None:
+    """Refuse an output folder that is an input folder or lies inside it: a command never writes
+    into its inputs (a cache written into the dataset it encodes would become part of it)."""
+    if not os.path.isdir(source):
+        return
+    target, inputs = Path(out).resolve(), Path(source).resolve()
+    if target == inputs or inputs in target.parents:
+        where = "is" if target == inputs else "is inside"
+        raise ValueError(f"{what} {out} {where} the {source_what} {source}; choose an --out outside it "
+                         "(outputs are never written into the inputs)")
 
 
 # --- pretrained weight files ------------------------------------------------------------------

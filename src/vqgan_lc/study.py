@@ -43,7 +43,7 @@ from pathlib import Path
 
 from .classify.data import LABELLED_SETS
 from .classify.model import TokenClassifierConfig, classifier_preset
-from .config import Config
+from .config import Config, differing_keys
 from .data.grid import pyplot
 from .files import atomic_path, atomic_write_json, atomic_write_text
 from .tokenizer.config import CPU_QUANTIZER_LR_SCALE, AutoencoderConfig, get_preset
@@ -58,9 +58,14 @@ BACKBONE = "efficientnet-lite0"
 CODEBOOK_DIM = 112           # EfficientNet-Lite0 stride-16 features: the width of every LC entry here
 FEATURE_STRIDE = 16          # one feature vector per 16x16 pixels of a codebook crop
 RESULT_NAME = "result.json"
-# Training settings that do not change what a combination computes (a rerun may differ in them).
-FREE_TRAIN_FIELDS = ("out_dir", "codebook", "save_every", "log_every", "image_every", "usage_every", "num_workers",
-                     "device")
+
+
+def free_train_fields() -> tuple[str, ...]:
+    """Training settings that do not change what a combination computes (a rerun may differ in
+    them): the config's bookkeeping, and the codebook's path (its settings are in the spec)."""
+    from .tokenizer.training import TokenizerTrainConfig
+
+    return TokenizerTrainConfig.bookkeeping_fields + ("codebook",)
 
 
 def _tiny_autoencoder() -> AutoencoderConfig:
@@ -238,22 +243,10 @@ def combination_spec(cfg: StudyConfig, combo: Combination) -> dict:
     # series and label only name the table a variant appears in: equal variants share one folder
     what = {k: v for k, v in asdict(combo).items() if k not in ("series", "label")}
     return _json({"combination": what,
-                  "train": {k: v for k, v in train.items() if k not in FREE_TRAIN_FIELDS},
+                  "train": {k: v for k, v in train.items() if k not in free_train_fields()},
                   "codebook": codebook_spec(cfg, combo.codebook, combo.size) if combo.codebook else None,
                   "eval": {"eval_crops": cfg.eval_crops, "usage_crops": cfg.usage_crops,
                            "fd_image_size": cfg.fd_image_size}})
-
-
-def _differences(a: dict, b: dict, prefix: str = "") -> list[str]:
-    keys = sorted(set(a) | set(b))
-    out = []
-    for k in keys:
-        x, y = a.get(k), b.get(k)
-        if isinstance(x, dict) and isinstance(y, dict):
-            out += _differences(x, y, f"{prefix}{k}.")
-        elif x != y:
-            out.append(prefix + k)
-    return out
 
 
 # --- codebooks -------------------------------------------------------------------------------------
@@ -300,7 +293,7 @@ def ensure_codebook(cfg: StudyConfig, mode: str, size: int, features: _Features)
         saved = json.loads(sidecar.read_text())["spec"]
         if saved == spec:
             return path
-        raise ValueError(f"{path} was built with other settings ({', '.join(_differences(saved, spec))} differ); "
+        raise ValueError(f"{path} was built with other settings ({', '.join(differing_keys(saved, spec))} differ); "
                          "choose another --out")
     t0 = time.perf_counter()
     vectors, info = build_codebook_from_vectors(features(), None, size, mode, cfg.seed, iters=cfg.kmeans_iters)
@@ -365,7 +358,7 @@ def run_combination(cfg: StudyConfig, combo: Combination, features: _Features) -
         if done.get("spec") == spec:
             log.info("%s: finished earlier, skipped", combo.name)
             return done
-        differ = _differences(done.get("spec", {}), spec)
+        differ = differing_keys(done.get("spec", {}), spec)
         raise ValueError(f"{folder} was trained with other settings ({', '.join(differ)} differ); choose another "
                          f"--out, or delete {folder} to retrain it")
     codebook = ensure_codebook(cfg, combo.codebook, combo.size, features) if combo.codebook else None
@@ -374,7 +367,7 @@ def run_combination(cfg: StudyConfig, combo: Combination, features: _Features) -
     if (folder / STATE_NAME).is_file() and (folder / "train_config.json").is_file():
         saved = json.loads((folder / "train_config.json").read_text())
         planned = _json(train_config.to_dict())
-        differ = [k for k in _differences(saved, planned) if k.split(".")[0] not in FREE_TRAIN_FIELDS]
+        differ = [k for k in differing_keys(saved, planned) if k.split(".")[0] not in free_train_fields()]
         if differ:
             raise ValueError(f"{folder} holds an unfinished run with other settings ({', '.join(differ)} differ); "
                              f"choose another --out, or delete {folder} to retrain it")

@@ -118,7 +118,14 @@ def test_cli_classify_with_index_embedding(tokenizer, two_class_folders, tmp_pat
     assert code == 0
     report = json.loads((out / "report.json").read_text())
     assert report["embed"] == "index" and 0.0 <= report["top1"] <= 1.0
+    assert report["class_names"] == ["left", "right"] and set(report["per_class_top1"]) == {"left", "right"}
     assert "top-1" in capsys.readouterr().out
+    # the folder is understood by the other commands: plot finds its run, info says what it is
+    assert main(["plot", str(out)]) == 0 and (out / "run" / "metrics.png").is_file()
+    capsys.readouterr()
+    assert main(["info", str(out), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["kind"].startswith("classification") and info["classes"] == "2: 0=left, 1=right"
     # unlabelled images cannot be classified: one line, exit status 2
     flat = tmp_path / "flat"
     flat.mkdir()
@@ -127,3 +134,41 @@ def test_cli_classify_with_index_embedding(tokenizer, two_class_folders, tmp_pat
     assert main(["classify", str(tokenizer), "--train", str(flat), "--val", str(flat), "--out",
                  str(tmp_path / "bad")]) == 2
     assert "label" in capsys.readouterr().err
+
+
+class _AlwaysRight(torch.nn.Module):
+    """A classifier that answers class 1 ("right") for every token map."""
+
+    def forward(self, tokens):
+        return torch.tensor([[0.0, 1.0]]).expand(len(tokens), 2)
+
+
+def test_held_out_classes_are_matched_by_name_not_position(tokenizer, two_class_folders, tmp_path):
+    import shutil
+
+    from vqgan_lc.classify.training import evaluate_classifier
+    from vqgan_lc.generate.cache import CacheConfig, build_cache
+
+    subset = tmp_path / "val-right-only"  # the held-out set has one of the two classes: its position 0
+    shutil.copytree(two_class_folders / "val" / "right", subset / "right")
+    build_cache(CacheConfig(tokenizer=str(tokenizer), data=str(subset), out=str(tmp_path / "cache"), workers=0,
+                            progress=False))
+    scores = evaluate_classifier(_AlwaysRight(), str(tmp_path / "cache"), class_names=["left", "right"])
+    assert scores["top1"] == 1.0 and scores["per_class_top1"] == {"right": 1.0}
+    with pytest.raises(ValueError, match="does not have"):  # a name the classifier never saw
+        evaluate_classifier(_AlwaysRight(), str(tmp_path / "cache"), class_names=["left", "up"])
+
+
+def test_one_class_or_an_unknown_class_name_is_refused_before_any_encoding(tokenizer, two_class_folders, tmp_path):
+    import shutil
+
+    one = tmp_path / "one"
+    shutil.copytree(two_class_folders / "train" / "left", one / "left")
+    with pytest.raises(ValueError, match="at least 2 classes"):
+        classify(tokenizer, str(one), str(one), tmp_path / "out1", progress=False)
+    renamed = tmp_path / "renamed"
+    shutil.copytree(two_class_folders / "val" / "left", renamed / "left")
+    shutil.copytree(two_class_folders / "val" / "right", renamed / "Right")
+    with pytest.raises(ValueError, match=r"class\(es\) Right that .* does not have .*matched by name"):
+        classify(tokenizer, str(two_class_folders / "train"), str(renamed), tmp_path / "out2", progress=False)
+    assert not (tmp_path / "out1").exists() and not (tmp_path / "out2").exists()  # nothing was encoded

@@ -225,6 +225,31 @@ def test_bad_sources_and_encoders_fail_with_one_line(tmp_path):
         write_cache(dataset, encode, str(tmp_path / "cache"), header={"encoder": object()}, **SETTINGS)
 
 
+def test_a_damaged_manifest_or_shard_and_a_file_given_as_folder_are_named_in_one_line(tmp_path):
+    import shutil
+
+    dataset = image_dataset(tmp_path / "data")
+    folder = tmp_path / "cache"
+    write_cache(dataset, encode, str(folder), header=HEADER, **SETTINGS)
+    cut = tmp_path / "cut-manifest"
+    shutil.copytree(folder, cut)
+    text = (cut / "manifest.json").read_text()
+    (cut / "manifest.json").write_text(text[:len(text) // 2])  # a copy or a full disk cut it short
+    with pytest.raises(ValueError, match=r"cut-manifest/manifest\.json is damaged .*delete the cache folder and "
+                                         r"rerun") as refused:
+        CacheStore.open(str(cut))
+    assert "\n" not in str(refused.value)
+    cut = tmp_path / "cut-shard"
+    shutil.copytree(folder, cut)
+    shard = sorted(cut.glob("shard-*.latents.npy"))[0]
+    shard.write_bytes(shard.read_bytes()[:100])
+    with pytest.raises(ValueError, match=rf"cache shard .*{shard.name} is damaged .*rerun"):
+        CacheStore.open(str(cut))
+    (tmp_path / "a-file").write_text("not a cache")
+    with pytest.raises(ValueError, match="is a file, not a folder"):
+        CacheStore.open(str(tmp_path / "a-file"))
+
+
 def _rank_main(rank, world, port, dataset, folder):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
                       LOCAL_RANK=str(rank))

@@ -224,3 +224,12 @@ def test_a_run_resumes_from_any_working_directory(runs, tmp_path, monkeypatch):
     from vqgan_lc.generate.training import read_generator_run
     result = train_generator(read_generator_run(tmp_path / "run"), resume=tmp_path / "run", progress=False)
     assert result.step == 2 and (tmp_path / "run" / PROCESS_NAME).is_file()
+
+
+def test_info_describes_a_pipeline_folder_and_a_finished_run(runs, tmp_path, capsys):
+    export_run(runs / "dit", tmp_path / "pipe")
+    assert main(["info", str(tmp_path / "pipe")]) == 0
+    out = capsys.readouterr().out
+    assert "generator pipeline folder" in out and "0=cat, 1=dog, 2=fox" in out and "fingerprint" in out
+    assert main(["info", str(runs / "dit")]) == 0
+    assert "samples anywhere" in capsys.readouterr().out

@@ -135,3 +135,29 @@ def test_a_checkpoint_from_before_latent_scale_still_resumes(tmp_path):
     torch.save(state, path)
     with pytest.raises(ValueError, match="different tokenizer configuration"):
         train_tokenizer(tiny_config(tmp_path / "run", max_steps=4), resume=tmp_path / "run", progress=False)
+
+
+def _write_metrics(run, steps=3):
+    run.mkdir(parents=True)
+    (run / METRICS_NAME).write_text("".join(json.dumps({"step": s, "loss": 1.0 / s}) + "\n" for s in range(1, steps + 1)))
+
+
+def test_plot_reads_a_folder_holding_one_run_such_as_a_classify_out(tmp_path, capsys):
+    out = tmp_path / "classify-out"  # `vqgan-lc classify --out` keeps its run in OUT/run
+    _write_metrics(out / "run")
+    (out / "report.json").write_text("{}")
+    assert read_metrics(out)[-1]["step"] == 3
+    assert main(["plot", str(out)]) == 0
+    assert (out / "run" / "metrics.png").is_file()
+    _write_metrics(out / "other")
+    assert main(["plot", str(out)]) == 2  # two runs: say which to choose
+    assert "holds several runs (other, run)" in capsys.readouterr().err
+
+
+def test_plot_out_under_an_existing_file_names_the_file(tmp_path, capsys):
+    _write_metrics(tmp_path / "run")
+    (tmp_path / "notes").write_text("keep me")
+    assert main(["plot", str(tmp_path / "run"), "--out", str(tmp_path / "notes" / "curves.png")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert f"{tmp_path / 'notes'} is a file, not a folder" in err and "\n" not in err
+    assert (tmp_path / "notes").read_text() == "keep me"

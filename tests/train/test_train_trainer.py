@@ -237,3 +237,114 @@ def test_quantizer_lr_scale_multiplies_the_schedule_for_the_projector_only(tmp_p
     assert len(load_train_state(tmp_path / "plain")["optimizers"]["tokenizer"]["param_groups"]) == 1
     with pytest.raises(ValueError, match="quantizer_lr_scale must be > 0"):
         tiny_config(tmp_path / "bad", quantizer_lr_scale=0.0).validate()
+
+
+# --- the resume policy: declared on the config classes, enforced by the loop for every caller ----------
+
+def test_a_python_resume_with_a_changed_setting_is_refused_naming_it(tmp_path):
+    first = train(tiny_config(tmp_path / "run", max_steps=2, save_every=2), progress=False)
+    assert first.step == 2
+    with pytest.raises(ValueError, match=r"\(lr differ\(s\) from the saved run\)") as refused:
+        train(tiny_config(tmp_path / "run", max_steps=3, lr=5e-4), resume=tmp_path / "run", progress=False)
+    assert "\n" not in str(refused.value) and "max_steps" in str(refused.value)  # it names what may change
+    assert load_train_state(tmp_path / "run")["step"] == 2  # nothing trained, nothing written
+    with pytest.raises(ValueError, match="loss.disc_start"):  # nested fields are named by their dotted key
+        train(tiny_config(tmp_path / "run", max_steps=3, loss=LossConfig(disc_start=1, perceptual="none")),
+              resume=tmp_path / "run", progress=False)
+    # a field the class declares free (run length, bookkeeping) may change
+    again = train(tiny_config(tmp_path / "run", max_steps=3, log_every=5, save_every=7), resume=tmp_path / "run",
+                  progress=False)
+    assert again.step == 3
+
+
+def test_the_fields_a_resume_may_change_are_declared_on_the_config_classes():
+    from vqgan_lc.classify.training import ClassifierTrainConfig
+    from vqgan_lc.generate.training import GeneratorTrainConfig
+    from vqgan_lc.train.config import TrainConfig
+
+    assert {"max_steps", "epochs", "out_dir", "device"} <= set(TrainConfig.resume_fields())
+    assert "lr" not in TrainConfig.resume_fields() and "seed" not in TrainConfig.resume_fields()
+    # the tokenizer adds its own bookkeeping and the codebook path (its entries are in the checkpoint)
+    assert {"usage_every", "codebook"} <= set(TokenizerTrainConfig.resume_fields())
+    assert "usage_every" not in GeneratorTrainConfig.resume_fields()
+    assert ClassifierTrainConfig.resume_fields() == TrainConfig.resume_fields()
+    saved = tiny_config("a").to_dict()
+    assert tiny_config("b", max_steps=9, codebook=None).resume_conflicts(saved) == []
+    assert tiny_config("b", lr=0.5, seed=3).resume_conflicts(saved) == ["lr", "seed"]
+
+
+# --- the EMA: warmed up, reported, and never silently the initial weights --------------------------
+
+def test_ema_warm_up_moves_a_short_run_off_its_initial_weights(tmp_path, caplog):
+    from vqgan_lc.train.loop import ema_decay_at, ema_initial_share
+
+    assert ema_decay_at(0.9999, 0) == pytest.approx(0.1) and ema_decay_at(0.9999, 90) == pytest.approx(91 / 100)
+    assert ema_decay_at(0.9, 10 ** 6) == 0.9  # the configured decay caps the warm-up
+    assert ema_initial_share(0.9999, 1) == pytest.approx(0.1) and ema_initial_share(0.9999, 60) < 1e-6
+
+    torch.manual_seed(0)
+    initial = {k: v.clone() for k, v in train(tiny_config(tmp_path / "init", max_steps=1), stop_at_step=0,
+                                               progress=False).model.state_dict().items()}
+    result = train(tiny_config(tmp_path / "ema", max_steps=5, ema_decay=0.9999), progress=False)
+    raw = load_train_state(tmp_path / "ema")["model"]
+    moved = [k for k, v in initial.items() if v.is_floating_point() and not torch.equal(v, raw[k])]
+    assert moved
+    for key in moved:  # the EMA went most of the way from the initial to the trained weights
+        ema_step = (result.model.state_dict()[key] - initial[key]).norm()
+        raw_step = (raw[key] - initial[key]).norm()
+        assert ema_step > 0.5 * raw_step, key
+    assert result.weights_line().startswith("tokenizer = EMA weights (decay 0.9999 over 5 steps")
+
+    with caplog.at_level("WARNING", logger="vqgan_lc.train"):
+        train(tiny_config(tmp_path / "one", max_steps=1, ema_decay=0.9999), progress=False)
+    assert "the EMA has seen only 1 steps" in caplog.text and "initial" in caplog.text
+
+
+# --- Ctrl-C: a checkpoint of the step that finished, and an exact resume from it ----------------------
+
+def _interrupt_at(monkeypatch, at_step):
+    """Send this process SIGINT while step `at_step` (counted from 1) runs, as a terminal's Ctrl-C would."""
+    import signal
+
+    from vqgan_lc.tokenizer.training import TokenizerTask
+
+    original = TokenizerTask.train_step
+
+    def train_step(self, ctx, batches):
+        if ctx.step + 1 == at_step:  # ctx.step counts the steps finished before this one
+            os.kill(os.getpid(), signal.SIGINT)
+        return original(self, ctx, batches)
+
+    monkeypatch.setattr(TokenizerTask, "train_step", train_step)
+
+
+def test_ctrl_c_saves_the_finished_step_and_resumes_exactly(tmp_path, monkeypatch):
+    from vqgan_lc.train.loop import TrainingInterrupted
+
+    full = train(tiny_config(tmp_path / "full", save_every=100), progress=False)
+    _interrupt_at(monkeypatch, 4)
+    with pytest.raises(TrainingInterrupted, match="holds step 4 of 6") as stopped:
+        train(tiny_config(tmp_path / "split", save_every=100), progress=False)
+    assert isinstance(stopped.value, KeyboardInterrupt)  # what callers that catch Ctrl-C expect
+    assert load_train_state(tmp_path / "split")["step"] == 4  # no periodic save: the interrupt wrote it
+    assert not list((tmp_path / "split").glob(".*.tmp"))  # written atomically: no temporary file left
+    monkeypatch.undo()
+    second = train(tiny_config(tmp_path / "split", save_every=100), resume=tmp_path / "split", progress=False)
+    assert second.step == 6 and _losses(second) == _losses(full)[4:]
+    for (k, a), (_, b) in zip(full.model.state_dict().items(), second.model.state_dict().items()):
+        assert torch.equal(a, b), k
+    import signal
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is put back
+
+
+def test_ctrl_c_on_the_command_line_names_the_step_of_the_checkpoint(tmp_path, monkeypatch, capsys):
+    from vqgan_lc.cli import main
+
+    _interrupt_at(monkeypatch, 2)
+    run = tmp_path / "run"
+    args = ["train", "cpu-tiny-lc", "--data", "demo:train:16", "--out", str(run), "--set", *[f"model.{o}" for o in TINY],
+            "batch_size=4", "loss.perceptual=none", "device=cpu", "max_steps=4", "save_every=100", "num_workers=0"]
+    assert main(args) == 130
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert f"the checkpoint in {run} holds step 2 of 4" in err and f"--resume {run}" in err
+    assert load_train_state(run)["step"] == 2

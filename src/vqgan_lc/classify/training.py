@@ -15,7 +15,6 @@ interrupted one resumes from its last checkpoint.
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
@@ -139,24 +138,62 @@ def classifier_config(model: str | TokenClassifierConfig, cache: str, out: str, 
                                    tokenizer=str(header.get("tokenizer", "")))
     config.override(list(overrides)).validate()
     if val:
-        val_store, val_labels = _labelled_tokens(val)
+        val_store, _ = _labelled_tokens(val)
         if val_store.header.get("tokenizer_config") != header.get("tokenizer_config") or \
                 list(val_store.header["grid"]) != list(header["grid"]):
             raise ValueError(f"{val} was encoded by another tokenizer or at another size than {cache}; encode both "
                              "sets with the same tokenizer and image size")
-        if int(val_labels.max()) >= config.model.num_classes:
-            raise ValueError(f"{val} has class {int(val_labels.max())}, but the training set only "
-                             f"{config.model.num_classes} classes; give both sets the same class folders")
+        check_classes(store.class_names, val_store.class_names, cache, val)
     return config
+
+
+def source_class_names(source: str) -> list[str]:
+    """The class names of a labelled image source (folder, .txt list, demo crops), read without
+    decoding an image; [] for unlabelled images."""
+    text = str(source)
+    if text == "demo" or text.startswith("demo:"):
+        from ..data.demo import DEMO_SOURCES
+        return [name for name, _, _ in DEMO_SOURCES]
+    from ..data import class_names, list_images
+    return class_names(list_images(text))
+
+
+def check_classes(train_names: list[str], val_names: list[str], train: str, val: str) -> None:
+    """Classes are matched by name: the training set needs two or more, and the held-out set may
+    hold only classes the training set has (a subset is fine; its ids follow the training set)."""
+    if not train_names:
+        raise ValueError(f"{train} has unlabelled images; classification needs class sub-folders or a .txt list "
+                         "with a label after each path")
+    if len(train_names) < 2:
+        raise ValueError(f"{train} holds one class ({train_names[0]}); classification needs at least 2 classes")
+    if not val_names:
+        raise ValueError(f"{val} has unlabelled images; give the held-out images the training set's class folders")
+    unknown = [name for name in val_names if name not in train_names]
+    if unknown:
+        raise ValueError(f"{val} has class(es) {', '.join(unknown)} that {train} does not have (its classes: "
+                         f"{', '.join(train_names)}); classes are matched by name, give both sets the same class "
+                         "folders")
+
+
+def _labels_by_name(store, labels: np.ndarray, class_names: list[str] | None, cache: str) -> np.ndarray:
+    """A cache's labels as ids of `class_names` (the classifier's classes), matched by name."""
+    if class_names is None or list(store.class_names) == list(class_names):
+        return labels
+    check_classes(list(class_names), store.class_names, "the classifier's training set", cache)
+    ids = np.asarray([class_names.index(name) for name in store.class_names], dtype=np.int64)
+    return ids[labels]
 
 
 @torch.no_grad()
 def evaluate_classifier(model: TokenClassifier, cache: str, *, batch_size: int = 256,
-                        device: str | torch.device = "cpu") -> dict:
-    """Top-1 of `model` over every item of a labelled token cache (overall and per class)."""
+                        device: str | torch.device = "cpu", class_names: list[str] | None = None) -> dict:
+    """Top-1 of `model` over every item of a labelled token cache (overall and per class).
+    `class_names`: the classes the model was trained on, in id order; the cache's classes are
+    matched to them by name (per-class results are keyed by name then)."""
     from ..data.cache import CacheDataset
 
     store, labels = _labelled_tokens(cache)
+    labels = _labels_by_name(store, labels, class_names, cache)
     rows = CacheDataset(store, "tokens").rows
     was_training = model.training
     model.eval()
@@ -168,15 +205,12 @@ def evaluate_classifier(model: TokenClassifier, cache: str, *, batch_size: int =
     predicted = torch.cat(predictions).numpy()
     correct = predicted == labels
     classes = sorted(set(labels.tolist()))
+    names = class_names or store.class_names
+
+    def key(c: int):
+        return names[c] if c < len(names) else int(c)
     return {"top1": float(correct.mean()), "num_images": int(len(labels)),
-            "per_class_top1": {int(c): float(correct[labels == c].mean()) for c in classes}}
-
-
-def _differences(saved: dict, config: ClassifierTrainConfig) -> list[str]:
-    """Fields (other than where it lives and how often it logs) where a saved run differs from `config`."""
-    free = {"out_dir", "save_every", "log_every", "image_every", "num_workers", "device"}
-    new = json.loads(json.dumps(config.to_dict()))
-    return sorted(k for k in set(new) | set(saved) if k not in free and new.get(k) != saved.get(k))
+            "per_class_top1": {key(c): float(correct[labels == c].mean()) for c in classes}}
 
 
 def classify(tokenizer: str | os.PathLike, train: str, val: str, out: str | os.PathLike, *,
@@ -189,10 +223,14 @@ def classify(tokenizer: str | os.PathLike, train: str, val: str, out: str | os.P
     demo crops ("demo:train:N" / "demo:eval:N", labelled by source photo). Returns the report
     (also written to OUT/report.json); a finished OUT with the same settings is returned as is.
     """
-    from ..files import atomic_write_json, check_writable_dir
-    from ..generate.cache import CacheConfig, build_cache
+    from ..files import atomic_write_json, check_writable_dir, read_json
+    from ..generate.cache import CacheConfig, build_cache, open_cache
+    from ..train.state import STATE_NAME
 
     out = Path(out)
+    # classes are matched by name, and checked before any image is encoded
+    train_names = source_class_names(train)
+    check_classes(train_names, source_class_names(val), str(train), str(val))
     check_writable_dir(out)
     started = time.perf_counter()
     caches = {}
@@ -206,30 +244,27 @@ def classify(tokenizer: str | os.PathLike, train: str, val: str, out: str | os.P
     config.device = device
     report_path = out / REPORT_NAME
     if report_path.is_file():
-        report = json.loads(report_path.read_text())
-        if not _differences(report.get("train_config", {}), config):
+        report = read_json(report_path, "the classification report", "delete it to classify again")
+        # a finished classifier is reused only when it was trained to the same length as well
+        differ = config.differences(report.get("train_config", {}), ignore=config.bookkeeping_fields)
+        if not differ:
             log.info("%s is finished with these settings: reusing its report", out)
             return report
-        differ = _differences(report.get("train_config", {}), config)
         raise ValueError(f"{out} holds a classifier trained with other settings ({', '.join(differ)} differ); "
                          "choose another --out")
-    resume = None
-    saved = out / "run" / "train_config.json"
-    if (out / "run" / "train_state.pt").is_file() and saved.is_file():
-        differ = _differences(json.loads(saved.read_text()), config)
-        if differ:
-            raise ValueError(f"{out / 'run'} holds an unfinished run with other settings ({', '.join(differ)} "
-                             "differ); choose another --out")
-        resume = out / "run"
+    # an unfinished run resumes; the training loop refuses it if settings it may not change differ
+    resume = out / "run" if (out / "run" / STATE_NAME).is_file() else None
     result = train_classifier(config, resume=resume, progress=progress)
     trained = result.model  # on the loop's device
-    scores = evaluate_classifier(trained, caches["val"], device=trained.device)
-    train_scores = evaluate_classifier(trained, caches["train"], device=trained.device)
+    class_names = open_cache(caches["train"]).class_names
+    scores = evaluate_classifier(trained, caches["val"], device=trained.device, class_names=class_names)
+    train_scores = evaluate_classifier(trained, caches["train"], device=trained.device, class_names=class_names)
     report = {
         "top1": scores["top1"], "train_top1": train_scores["top1"], "num_val": scores["num_images"],
         "num_train": train_scores["num_images"], "per_class_top1": scores["per_class_top1"],
         "embed": config.model.embed, "tokenizer": os.path.abspath(tokenizer), "codebook_size": config.model.num_codes,
-        "grid": list(config.model.grid), "num_classes": config.model.num_classes, "steps": result.step,
+        "grid": list(config.model.grid), "num_classes": config.model.num_classes, "class_names": class_names,
+        "steps": result.step,
         "train": str(train), "val": str(val), "seconds": round(time.perf_counter() - started, 1),
         "protocol": "final weights (no model selection on the val set); top-1 = share of val images whose "
                     "argmax class is their label; train_top1 on the (unaugmented) train cache",

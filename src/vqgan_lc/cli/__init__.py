@@ -12,10 +12,10 @@ import logging
 import os
 import sys
 
-from . import classify, codebook, convert, demo, generate, plot, study, tokenizer
+from . import classify, codebook, convert, demo, generate, info, plot, study, tokenizer
 from .common import OneLineParser
 
-STAGES = (tokenizer, codebook, generate, convert, classify, study, plot, demo)
+STAGES = (tokenizer, codebook, generate, convert, classify, study, plot, info, demo)
 
 # Errors that end a command with one line on stderr and exit status 2 (no traceback).
 USER_ERRORS = (ValueError, FileNotFoundError, RuntimeError, FloatingPointError, OSError)
@@ -38,18 +38,60 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("faiss").setLevel(logging.DEBUG if args.verbose else logging.WARNING)  # its loader's probing
+    out = getattr(args, "out", None)
+    first_new = _first_missing(out) if isinstance(out, str) else None
     try:
         return int(args.func(args) or 0)
     except Exception as err:
+        if first_new is not None:
+            _remove_empty_folders(out, first_new)
         if args.verbose or not _is_user_error(err):
             raise
         _close_progress_bars()
         print(f"vqgan-lc {args.command}: error: {_one_line(err, args)}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        # a newline first: the message must not land on a progress bar's line
-        print(f"\nvqgan-lc {args.command}: interrupted; completed checkpoints and outputs are kept", file=sys.stderr)
+    except KeyboardInterrupt as err:
+        # a newline first: the message must not land on a progress bar's line; training says
+        # which step its checkpoint holds
+        said = str(err) or "interrupted; completed checkpoints and outputs are kept"
+        print(f"\nvqgan-lc {args.command}: {said}", file=sys.stderr)
         return 130
+
+
+def _first_missing(path: str) -> str | None:
+    """The outermost folder of `path` that does not exist yet (None when `path` exists): what a
+    command may create for its --out, and must not leave behind empty when it is refused."""
+    path = os.path.abspath(path)
+    if os.path.lexists(path):
+        return None
+    while True:
+        parent = os.path.dirname(path)
+        if parent == path or os.path.lexists(parent):
+            return path
+        path = parent
+
+
+def _remove_empty_folders(out: str, first_new: str) -> None:
+    """Remove the folders a refused command created on the way to --out, where they hold nothing
+    (a run folder's lock file alone counts as nothing)."""
+    from ..files import DirectoryLock
+
+    folder = os.path.abspath(out)
+    while True:
+        if os.path.isdir(folder) and not os.path.islink(folder):
+            entries = os.listdir(folder)
+            if entries == [DirectoryLock.NAME]:
+                os.unlink(os.path.join(folder, DirectoryLock.NAME))
+                entries = []
+            if entries:
+                return
+            try:
+                os.rmdir(folder)
+            except OSError:
+                return
+        if folder == first_new or os.path.dirname(folder) == folder:
+            return
+        folder = os.path.dirname(folder)
 
 
 def _is_user_error(err: Exception) -> bool:

@@ -44,7 +44,7 @@ def run(args) -> int:
     # encoded the train set
     from ..classify.training import ClassifierTrainConfig
     from ..data import list_images
-    ClassifierTrainConfig().override(args.set)
+    ClassifierTrainConfig(tokenizer=args.tokenizer).override(args.set).validate()  # the cache sizes it later
     for data in (args.train, args.val):
         if not str(data).startswith("demo"):  # demo crops are generated, not listed
             list_images(data)

@@ -172,9 +172,24 @@ def print_config_keys(config_class, title: str) -> str:
     return f"{title}\n" + "\n".join(lines)
 
 
-# Fields a resumed run may change without changing what it computes.
-RESUME_SAFE_FIELDS = ("max_steps", "epochs", "save_every", "log_every", "image_every", "usage_every", "num_workers",
-                      "device", "out_dir")
+def overwrite(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--overwrite", action="store_true", help="replace the training run --out already holds (its "
+                   "checkpoint, logs and exported model are deleted first); without it such an --out is refused")
+
+
+def refuse_existing_run(out: str, overwrite: bool, *exports: str) -> None:
+    """A fresh run into a folder that holds one (finished or not) is refused unless `overwrite`,
+    which deletes that run's files first (never anything else in the folder)."""
+    from ..files import DirectoryLock
+    from ..train.loop import clear_run, holds_run
+
+    if not holds_run(out):
+        return
+    with DirectoryLock(out):  # a run another process is training says so first, and is never cleared
+        if not overwrite:
+            raise ValueError(f"{out} already holds a training run; continue it with --resume {out}, replace it with "
+                             "--overwrite, or choose another --out")
+        clear_run(out, *exports)
 
 
 def is_generator_run(folder: str) -> bool:
@@ -218,21 +233,18 @@ def training_summary(result, name: str, config) -> str:
     skipped = getattr(result, "skipped_steps", 0)
     note = f", {skipped} of them skipped (no readable image)" if skipped else ""
     steps = "1 step" if ran == 1 else f"{ran} steps"
-    return f"trained to step {result.step} ({steps} in this run{note}); {name} saved in {result.out_dir / name}"
+    return (f"trained to step {result.step} ({steps} in this run{note}); {name} saved in {result.out_dir / name}; "
+            f"{result.weights_line()}")
 
 
 def resumed_config(saved, run: str, overrides: list[str], requested=None):
-    """The config a `--resume RUN` continues with: the run's saved one (or `requested`, which must
-    equal it), plus overrides of the safe fields only; a changed field is named in one line."""
+    """The config a `--resume RUN` continues with: the run's saved one (or `requested`), plus
+    overrides, in RUN. Which fields may differ from the saved run is the config class's rule
+    (`TrainConfig.resume_fields`), which the training loop enforces for every caller."""
     import copy
 
     config = copy.deepcopy(requested if requested is not None else saved).override(overrides)
     config.out_dir = str(run)
-    new, old = config.to_dict(), saved.to_dict()
-    changed = [k for k in new if new[k] != old.get(k) and k not in RESUME_SAFE_FIELDS]
-    if changed:
-        raise ValueError(f"--resume {run}: {', '.join(changed)} differ(s) from the saved run; a resumed run keeps "
-                         f"its configuration (only {', '.join(RESUME_SAFE_FIELDS[:-1])} may change)")
     return config.validate()
 
 

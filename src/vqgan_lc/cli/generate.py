@@ -14,8 +14,63 @@ import argparse
 from . import common
 
 
-_TrainGenParser = common.parser_listing_keys("vqgan_lc.generate.training:GeneratorTrainConfig",
-                                             "--set keys (model.* reach the architecture, e.g. model.n_layer=6):")
+TRAIN_GEN_EXAMPLES = """examples:
+  vqgan-lc cache tokens TOKENIZER --data DIR --out tokens
+  vqgan-lc train-gen gpt-tiny --cache tokens --out runs/gpt --set max_steps=2000 model.n_layer=6
+  vqgan-lc cache latents TOKENIZER --data DIR --out latents
+  vqgan-lc train-gen dit-tiny --cache latents --out runs/dit --set max_steps=5000 ema_decay=0.999
+  vqgan-lc train-gen sit-tiny --cache latents --out runs/sit --set lr=2e-4
+  vqgan-lc train-gen ldm-tiny --cache latents --out runs/ldm --set model.model_channels=64
+  vqgan-lc train-gen --resume runs/dit --set max_steps=8000
+  vqgan-lc train-gen dit-S --help        (the --set keys with dit-S's model.* values)"""
+
+# The families' smallest presets, whose model.* keys `train-gen --help` lists when no preset is named.
+HELP_PRESETS = ("gpt-tiny", "dit-tiny", "sit-tiny", "ldm-tiny")
+
+
+def model_keys_help(preset: str) -> str:
+    """The model.* `--set` keys of a generator preset with its values; the fields the cache
+    decides are marked (they are set from the cache, not by the preset)."""
+    from ..generate.training import model_config_for
+
+    class Sizes:  # what a cache tells model_config_for, with stand-in values
+        header = {"kind": "tokens" if preset.startswith("gpt") else "latents", "grid": [16, 16],
+                  "codebook_size": 16384, "latent_dim": 8}
+        labels, class_names = None, ["a class"]
+
+    config = model_config_for(preset, Sizes())
+    from_cache = {"vocab_size", "num_classes", "block_size", "in_channels", "input_size"}
+    rows = [(f"model.{key}", kind, "from the cache" if key in from_cache else f"{preset}: {getattr(config, key)!r}")
+            for key, kind, _ in type(config).describe_fields()]
+    width = max(len(key) for key, _, _ in rows)
+    return f"model.* keys of {preset} ({type(config).__name__}):\n" + "\n".join(
+        f"  {key:<{width}}  {kind:<22} {value}" for key, kind, value in rows)
+
+
+class _TrainGenParser(common.OneLineParser):
+    """`train-gen --help` ends with the run's --set keys and the model.* keys of the preset named
+    on the command line (`train-gen dit-S --help`), or of each family's tiny preset."""
+
+    preset: str | None = None
+
+    def parse_known_args(self, args=None, namespace=None):
+        from ..generate.training import FAMILIES
+
+        self.preset = next((a for a in args or () if a.split("-", 1)[0] in FAMILIES and "-" in a), None)
+        return super().parse_known_args(args, namespace)
+
+    def format_help(self) -> str:
+        from ..generate.training import GeneratorTrainConfig
+
+        rows = [row for row in GeneratorTrainConfig.describe_fields() if row[0] != "model"]
+        width = max(len(key) for key, _, _ in rows)
+        run_keys = "\n".join(f"  {key:<{width}}  {kind:<22} default {value!r}" for key, kind, value in rows)
+        try:
+            models = [model_keys_help(name) for name in ((self.preset,) if self.preset else HELP_PRESETS)]
+        except ValueError as err:  # an unknown preset: say so, and list the tiny ones
+            models = [f"({err})"] + [model_keys_help(name) for name in HELP_PRESETS]
+        return (super().format_help() + "\n--set keys of the run (gpt presets set ema_decay=none):\n" + run_keys
+                + "\n\n" + "\n\n".join(models) + "\n\n" + TRAIN_GEN_EXAMPLES + "\n")
 
 
 def _classes(text: str) -> tuple[int, ...]:
@@ -40,7 +95,8 @@ def register(sub) -> None:
     p.set_defaults(func=cache)
 
     p = common.add_parser(sub, "train-gen", _TrainGenParser, help="train a generator on a token or latent cache "
-                          "(under torchrun for several processes)", parents=[common.parent(common.overrides)])
+                          "(under torchrun for several processes)",
+                          parents=[common.parent(common.overrides, common.overwrite)])
     p.add_argument("preset", nargs="?", help="gpt-tiny ... gpt-404m, dit-tiny ... dit-XL, sit-*, ldm-tiny, ldm-base; "
                    "optional with --resume")
     p.add_argument("--cache", help="token cache (gpt) or latent cache (dit, sit, ldm)")
@@ -114,9 +170,15 @@ def cache(args) -> int:
 
 
 def train_gen(args) -> int:
+    import os
+
     from ..generate.training import generator_config, read_generator_run, train_generator
 
     if args.resume:
+        if args.out and os.path.abspath(args.out) != os.path.abspath(args.resume):
+            raise ValueError(f"--resume {args.resume} continues in that folder; drop --out {args.out}")
+        if args.overwrite:
+            raise ValueError("--overwrite starts a new run and --resume continues one; give only one of them")
         common.refuse_other_family(args.resume, generator=True)
         saved = read_generator_run(args.resume)
         import os
@@ -128,6 +190,9 @@ def train_gen(args) -> int:
         if not (args.preset and args.cache and args.out):
             raise ValueError("train-gen needs a preset, --cache and --out (or --resume RUN)")
         config = generator_config(args.preset, args.cache, args.out, args.set)
+        from ..generate.pipeline import GENERATOR_DIR, PROCESS_NAME, TOKENIZER_DIR
+        # a finished run is a pipeline folder: its tokenizer copy and process.json are the run's too
+        common.refuse_existing_run(config.out_dir, args.overwrite, GENERATOR_DIR, TOKENIZER_DIR, PROCESS_NAME)
     common.writable_out(config.out_dir, "run folder")
     result = train_generator(config, resume=args.resume)
     if result.is_main:

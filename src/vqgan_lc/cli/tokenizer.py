@@ -9,7 +9,7 @@ _TrainParser = common.parser_listing_keys("vqgan_lc.tokenizer.training:Tokenizer
 
 def register(sub) -> None:
     p = common.add_parser(sub, "train", _TrainParser, help="train a tokenizer (under torchrun for several processes)",
-                          parents=[common.parent(common.overrides, common.download)])
+                          parents=[common.parent(common.overrides, common.download, common.overwrite)])
     p.add_argument("recipe", nargs="?", help="a recipe name (see `vqgan-lc presets`) or a training config .json; "
                    "optional with --resume")
     p.add_argument("--data", help="image folder, .txt list, or 'demo'")
@@ -52,6 +52,8 @@ def register(sub) -> None:
 
 
 def _resolve_train_config(args):
+    import os
+
     from ..tokenizer.training import get_recipe, read_train_config
 
     if args.recipe is None and args.resume is None:
@@ -61,7 +63,7 @@ def _resolve_train_config(args):
         requested.data = args.data or requested.data
         requested.out_dir = args.out or requested.out_dir
         return requested.override(args.set).validate()
-    if args.out and args.out != args.resume:
+    if args.out and os.path.abspath(args.out) != os.path.abspath(args.resume):
         raise ValueError(f"--resume {args.resume} continues in that folder; drop --out {args.out}")
     common.refuse_other_family(args.resume, generator=False)
     saved = read_train_config(args.resume)
@@ -76,6 +78,10 @@ def train(args) -> int:
     from ..tokenizer.training import train_tokenizer
 
     config = _resolve_train_config(args)
+    if args.resume is None:
+        common.refuse_existing_run(config.out_dir, args.overwrite, "tokenizer")
+    elif args.overwrite:
+        raise ValueError("--overwrite starts a new run and --resume continues one; give only one of them")
     common.writable_out(config.out_dir, "run folder")
     result = train_tokenizer(config, resume=args.resume)
     if result.is_main:

@@ -50,7 +50,7 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset, default_colla
 
 from vqgan_lc import distributed
 from vqgan_lc.data.datasets import collate_skip_corrupt
-from vqgan_lc.files import atomic_save_npy, atomic_write_json, atomic_write_text
+from vqgan_lc.files import atomic_save_npy, atomic_write_json, atomic_write_text, read_json
 
 logger = logging.getLogger(__name__)
 
@@ -84,7 +84,7 @@ class ShardedRows:
         self._open()
 
     def _open(self) -> None:
-        maps = [np.load(f, mmap_mode="r") for f in self.files]
+        maps = [_map_shard(f) for f in self.files]
         if self.flatten:
             if any(m.ndim < 2 for m in maps):
                 raise ValueError("ShardedRows: flatten needs shards of 2 or more axes; open them with flatten=False")
@@ -150,6 +150,22 @@ class ShardedRows:
         return np.concatenate(pieces)  # a copy even for one piece: callers never hold a map
 
 
+def _map_shard(path: str) -> np.ndarray:
+    """A memory map of one .npy shard; a shard cut short or damaged is named in one line."""
+    try:
+        return np.load(path, mmap_mode="r")
+    except FileNotFoundError:
+        raise FileNotFoundError(f"cache shard {path} is missing; delete the cache folder and rerun the job that "
+                                "wrote it") from None
+    except (ValueError, OSError, EOFError) as err:  # numpy: "mmap length is greater than file size", bad header
+        raise ValueError(f"cache shard {path} is damaged ({' '.join(str(err).split())}); delete the cache folder and "
+                         "rerun the job that wrote it") from None
+
+
+def _read_json(path: str, what: str):
+    return read_json(path, what, "delete the cache folder and rerun the job that wrote it")
+
+
 class CacheStore:
     """A finished cache folder: its manifest, and each key's arrays as memory-mapped rows."""
 
@@ -161,6 +177,8 @@ class CacheStore:
     @classmethod
     def open(cls, folder: str):
         path = os.path.join(folder, MANIFEST)
+        if os.path.exists(folder) and not os.path.isdir(folder):
+            raise ValueError(f"{folder} is a file, not a folder; pass the cache folder (the --out of the cache command)")
         if not os.path.isfile(path):
             if not os.path.isdir(folder):
                 raise FileNotFoundError(f"cache folder {folder} does not exist")
@@ -168,9 +186,8 @@ class CacheStore:
                 raise FileNotFoundError(f"{folder} is not a cache folder (no {MANIFEST}); write one first, e.g. with "
                                         "`vqgan-lc cache tokens|latents`")
             raise FileNotFoundError(f"{folder}: no {MANIFEST}; the job writing it did not finish (run it again to resume)")
-        with open(path, encoding="utf-8") as f:
-            store = cls(folder, json.load(f))
-        if store.manifest.get("format") != FORMAT:
+        store = cls(folder, _read_json(path, "the cache's manifest"))
+        if not isinstance(store.manifest, dict) or store.manifest.get("format") != FORMAT:
             raise ValueError(f"{folder} was written in another cache format than {FORMAT}; delete it and rerun the job")
         for key in store.keys:
             store.rows(key)  # a missing or short shard fails here, not in the middle of training
@@ -257,8 +274,8 @@ def read_header(folder: str) -> dict | None:
     for name in (MANIFEST, "rank0.json"):
         path = os.path.join(folder, name)
         if os.path.isfile(path):
-            with open(path, encoding="utf-8") as f:
-                return json.load(f).get("header", {})
+            data = _read_json(path, "the cache's header")
+            return data.get("header", {}) if isinstance(data, dict) else {}
     return None
 
 
@@ -480,9 +497,8 @@ def _load_record(path: str, header: dict, world: int, lo: int, hi: int) -> dict:
     if not os.path.isfile(path):
         return {"header": header, "world_size": world, "slice": [lo, hi], "next": lo, "done": False,
                 "arrays": {}, "shards": [], "skipped": []}
-    with open(path, encoding="utf-8") as f:
-        record = json.load(f)
-    if record.get("header") != header:
+    record = _read_json(path, "the cache job's progress")
+    if not isinstance(record, dict) or record.get("header") != header:
         raise ValueError(f"{path} belongs to another job (its header differs); use an empty folder")
     if record["world_size"] != world or record["slice"] != [lo, hi]:
         raise ValueError(f"{path} was begun by {record['world_size']} processes on items {record['slice']}; resume "
@@ -522,8 +538,7 @@ def _merge(folder: str, dataset, header: dict, world: int) -> dict:
     """Rank 0: the per-rank records, in rank order, become one manifest and one skipped.txt."""
     records = []
     for rank in range(world):
-        with open(os.path.join(folder, f"rank{rank}.json"), encoding="utf-8") as f:
-            records.append(json.load(f))
+        records.append(_read_json(os.path.join(folder, f"rank{rank}.json"), "the cache job's progress"))
     layouts = [r["arrays"] for r in records if r["arrays"]]
     if any(layout != layouts[0] for layout in layouts):
         raise ValueError(f"{folder}: ranks stored different arrays ({layouts}); give every rank the same encoder and rerun in an empty folder")

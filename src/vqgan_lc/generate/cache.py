@@ -66,11 +66,12 @@ class CacheConfig(Config):
 def build_cache(config: CacheConfig) -> CacheStore | None:
     """Encode `config.data` with the tokenizer into `config.out` (or resume); returns the store."""
     from ..data import build_dataset
-    from ..files import check_writable_dir
+    from ..files import check_writable_dir, refuse_output_inside
     from ..tokenizer.model import VQModel
     from ..tokenizer.fingerprint import tokenizer_fingerprint
 
     config.validate()
+    refuse_output_inside(config.out, config.data, "cache folder", "data folder")
     check_writable_dir(config.out, "cache folder")
     env = distributed.init(config.device)
     model = VQModel.from_pretrained(config.tokenizer).to(env.device).eval()

@@ -233,13 +233,12 @@ class GenerationPipeline:
 
 def read_run_config(run: str | os.PathLike) -> dict:
     """A train-gen run's saved training config, as the dict train_config.json holds."""
-    path = Path(run) / "train_config.json"
+    from ..train.config import CONFIG_NAME, read_json_file
+
+    path = Path(run) / CONFIG_NAME
     if not path.is_file():
         raise FileNotFoundError(f"{path} is missing: {run} is not a generator run folder (see `vqgan-lc train-gen`)")
-    try:
-        data = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ValueError(f"{path} is damaged ({err}); restore it from a copy, or train the run again") from None
+    data = read_json_file(path, "the run's training configuration")
     if not isinstance(data, dict) or "generator" not in data:
         raise ValueError(f"{run} is a tokenizer run, not a generator run")
     return data

@@ -9,7 +9,6 @@ everything the shared loop writes; `vqgan-lc sample RUN` reads both.
 """
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -197,13 +196,12 @@ def _fingerprint_if_present(header: dict) -> str:
 
 
 def read_generator_run(run_dir: str | os.PathLike) -> GeneratorTrainConfig:
-    path = Path(run_dir) / "train_config.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing: {run_dir} is not a generator run folder (see `vqgan-lc train-gen`)")
-    data = json.loads(path.read_text())
-    if "generator" not in data:
+    from ..train.config import CONFIG_NAME, read_json_file, read_run_config
+
+    path = Path(run_dir) / CONFIG_NAME
+    if path.is_file() and "generator" not in read_json_file(path, "the run's saved configuration"):
         raise ValueError(f"{run_dir} is a tokenizer run, not a generator run")
-    return GeneratorTrainConfig.from_dict(data)
+    return read_run_config(run_dir, GeneratorTrainConfig, "generator run")
 
 
 __all__ = ["GeneratorTrainConfig", "GeneratorTask", "data_spec", "generator_config", "model_config_for",

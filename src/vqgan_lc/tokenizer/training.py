@@ -7,7 +7,6 @@ of DDP's once-per-forward bookkeeping.
 """
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +18,7 @@ from .. import distributed
 from ..data.datasets import build_dataset, collate_skip_corrupt
 from ..files import atomic_write_json
 from ..quantize.usage import UsageAccumulator
-from ..train.config import TrainConfig, load_recipe
+from ..train.config import TrainConfig, load_recipe, read_run_config
 from ..distributed import DistEnv
 from ..train.loop import StepContext, TrainingTask, TrainResult, run_training
 from .config import CPU_QUANTIZER_LR_SCALE, TokenizerConfig, get_preset
@@ -41,6 +40,14 @@ class TokenizerTrainConfig(TrainConfig):
     # projected codebook lags behind the latent cloud and most entries fall outside it
     # (docs/utilization.md measures this); the CPU recipes use CPU_QUANTIZER_LR_SCALE.
     quantizer_lr_scale: float = 1.0
+
+    bookkeeping_fields = TrainConfig.bookkeeping_fields + ("usage_every",)
+
+    @classmethod
+    def resume_fields(cls) -> tuple[str, ...]:
+        # the codebook's entries are saved in every checkpoint and restored from it, so a resumed
+        # run may find the file at another path (a moved run folder)
+        return super().resume_fields() + ("codebook",)
 
     def check(self) -> None:
         super().check()
@@ -202,7 +209,4 @@ def train_tokenizer(config: TokenizerTrainConfig, *, resume: str | os.PathLike |
 
 
 def read_train_config(run_dir: str | os.PathLike) -> TokenizerTrainConfig:
-    path = Path(run_dir) / "train_config.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing: not a training run folder")
-    return TokenizerTrainConfig.from_dict(json.loads(path.read_text()))
+    return read_run_config(run_dir, TokenizerTrainConfig, "training run")

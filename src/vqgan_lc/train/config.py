@@ -7,10 +7,12 @@ recipe, applies `--set key=value` overrides, and validates once (`Config.validat
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
-from typing import Callable, TypeVar
+from pathlib import Path
+from typing import Any, Callable, TypeVar
 
-from ..config import Config
+from ..config import Config, differing_keys
 
 T = TypeVar("T", bound="TrainConfig")
 
@@ -19,6 +21,12 @@ PRECISIONS = ("fp32", "bf16")
 
 @dataclass
 class TrainConfig(Config):
+    # Fields that decide where a run's files go, how often it saves and reports and where it runs,
+    # never what it computes; a subclass adds its own (class attributes, not fields).
+    bookkeeping_fields = ("out_dir", "save_every", "log_every", "image_every", "num_workers", "device")
+    # Fields a resumed run may change besides the bookkeeping ones: how long it trains.
+    run_length_fields = ("max_steps", "epochs")
+
     data: str = "demo"                 # what the family reads: image folder / .txt list / "demo[:train][:N]", or a cache
     batch_size: int = 8                # per process; the log states the global batch
     grad_accum: int = 1                # micro-batches per optimizer step
@@ -64,6 +72,49 @@ class TrainConfig(Config):
         if min(self.save_every, self.log_every, self.image_every) < 1 or self.num_workers < 0:
             raise ValueError("save_every, log_every and image_every must be >= 1, num_workers >= 0")
 
+    @classmethod
+    def resume_fields(cls) -> tuple[str, ...]:
+        """The fields a resumed run may change; every other one must equal the saved run's."""
+        return cls.bookkeeping_fields + cls.run_length_fields
+
+    def differences(self, saved: dict, ignore: tuple[str, ...] = ()) -> list[str]:
+        """Dotted names of the fields where a saved `to_dict()` (e.g. read from JSON) differs from
+        this config, leaving out `ignore`d top-level fields. The saved dict is read through the
+        config class first, so a field added since it was written takes its default."""
+        try:
+            saved = type(self).from_dict(saved).to_dict()
+        except ValueError:  # written by another version or another family: compare as it is
+            pass
+        return [key for key in differing_keys(saved, self.to_dict())
+                if key.split(".")[0] not in ignore]
+
+    def resume_conflicts(self, saved: dict) -> list[str]:
+        """The fields where this config differs from a saved run's and that a resume may not change."""
+        return self.differences(saved, ignore=self.resume_fields())
+
+
+CONFIG_NAME = "train_config.json"
+
+
+def read_json_file(path: str | os.PathLike, what: str) -> Any:
+    """A run's JSON file; a damaged one is refused in one line naming it (`files.read_json`)."""
+    from ..files import read_json
+
+    return read_json(path, what, "restore it from a copy, or start a new run in another folder")
+
+
+def read_run_config(run_dir: str | os.PathLike, config_class: type[T], what: str = "training run") -> T:
+    """The saved configuration of a run folder (`train_config.json`), refused in one line when it is
+    missing, damaged or of another family."""
+    path = Path(run_dir) / CONFIG_NAME
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: {run_dir} is not a {what} folder")
+    data = read_json_file(path, "the run's saved configuration")
+    try:
+        return config_class.from_dict(data)
+    except ValueError as err:
+        raise ValueError(f"{path} does not hold a {what} configuration ({err})") from None
+
 
 def load_recipe(name_or_path: str, recipes: dict[str, Callable[[], T]], config_class: type[T]) -> T:
     """A named recipe, or a .json file holding a saved config (e.g. a run's train_config.json)."""
@@ -71,10 +122,11 @@ def load_recipe(name_or_path: str, recipes: dict[str, Callable[[], T]], config_c
         return recipes[name_or_path]()
     if name_or_path.endswith(".json"):
         try:
-            with open(name_or_path, encoding="utf-8") as f:
-                return config_class.from_dict(json.load(f))
+            data = read_json_file(name_or_path, "the training config")
         except FileNotFoundError:
             raise FileNotFoundError(f"training config {name_or_path} not found") from None
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{name_or_path} is not a training config ({err})") from None
+        try:
+            return config_class.from_dict(data)
+        except ValueError as err:
+            raise ValueError(f"{name_or_path} is not a {config_class.__name__} ({err})") from None
     raise ValueError(f"unknown recipe {name_or_path!r}; available: {', '.join(sorted(recipes))} (or a .json file)")

@@ -14,6 +14,8 @@ import json
 import logging
 import math
 import os
+import signal
+import threading
 import time
 import warnings
 from abc import ABC, abstractmethod
@@ -31,7 +33,7 @@ from .. import distributed
 from ..distributed import DistEnv
 from ..files import DirectoryLock, atomic_torch_save, atomic_write_json, atomic_write_text
 from ..pretrained import PretrainedModel
-from .config import TrainConfig
+from .config import CONFIG_NAME, TrainConfig
 from .sampler import EpochSampler
 from .schedule import lr_at
 from .state import STATE_NAME, load_train_state, rng_state, set_rng_state
@@ -136,10 +138,42 @@ class TrainResult:
     history: list[dict] = field(default_factory=list)  # per-step logs (averaged over ranks)
     is_main: bool = True                                # rank 0 (the process that wrote the files)
     skipped_steps: int = 0                              # steps skipped: a batch with no readable item
+    ema_decay: float | None = None                      # the configured EMA decay (None: raw weights)
+
+    def weights_line(self) -> str:
+        """What the exported weights are: "generator = EMA weights (decay d over n steps; ...)"."""
+        name = self.task.name
+        if self.ema_decay is None:
+            return f"{name} = the trained weights (no EMA)"
+        last = ema_decay_at(self.ema_decay, max(self.step - 1, 0))
+        return (f"{name} = EMA weights (decay {self.ema_decay:g} over {self.step} steps; warmed up, the last "
+                f"update's decay was {last:.4g})")
 
     @property
     def usage_curve(self) -> list[dict]:
         return getattr(self.task, "usage_curve", [])
+
+
+# The EMA's warm-up: its decay for update n (from 0) is min(decay, (1 + n) / (10 + n)), as in
+# TensorFlow's ExponentialMovingAverage with num_updates. Without it a decay of 0.9999 keeps
+# ~99.4% of the initial weights after 60 steps: a short run would export its initialisation.
+def ema_decay_at(decay: float, updates: int) -> float:
+    """The EMA's decay for its update number `updates` (counted from 0)."""
+    return min(decay, (1.0 + updates) / (10.0 + updates))
+
+
+def ema_initial_share(decay: float, steps: int) -> float:
+    """How much of the initial weights an EMA still holds after `steps` warmed-up updates."""
+    share = 1.0
+    for n in range(steps):
+        share *= ema_decay_at(decay, n)
+        if share < 1e-12:
+            return 0.0
+    return share
+
+
+# Above this share of the initial weights the EMA has not moved enough to stand for training.
+EMA_STALE_SHARE = 0.01
 
 
 @torch.no_grad()
@@ -229,17 +263,29 @@ def run_training(task: TrainingTask, *, resume: str | os.PathLike | None = None,
 
     `stop_at_step` checkpoints and returns early (how tests interrupt a run)."""
     config = task.config.validate()
+    state = None
+    if resume is not None:
+        # the saved configuration is checked before any work: a Python caller gets the same rule
+        # as the command line (only the fields the config class declares may change)
+        state = load_train_state(resume)
+        saved = state.get("train_config")
+        conflicts = config.resume_conflicts(saved) if saved is not None else []
+        if conflicts:
+            raise ValueError(f"cannot resume from {resume}: it trained a different {task.name} configuration "
+                             f"({', '.join(conflicts)} differ(s) from the saved run); a resumed run may change only "
+                             f"{', '.join(type(config).resume_fields())}; start a new run in another folder to change "
+                             "the rest")
     env = distributed.init(config.device)
     out_dir = Path(config.out_dir)
     lock = DirectoryLock(out_dir).acquire() if env.is_main else None
     try:
-        return _train(task, config, env, out_dir, resume, stop_at_step, progress)
+        return _train(task, config, env, out_dir, resume, state, stop_at_step, progress)
     finally:
         if lock is not None:
             lock.release()
 
 
-def _train(task, config, env, out_dir, resume, stop_at_step, progress) -> TrainResult:
+def _train(task, config, env, out_dir, resume, state, stop_at_step, progress) -> TrainResult:
     torch.manual_seed(config.seed)  # identical initialisation on every rank, and in every run of a config
 
     # model, EMA, the family's extra modules, optimizers (in this order: the RNG draws, and so
@@ -258,8 +304,7 @@ def _train(task, config, env, out_dir, resume, stop_at_step, progress) -> TrainR
     warmup_steps = int(round(config.warmup_epochs * steps_per_epoch))
 
     step = 0
-    if resume is not None:
-        state = load_train_state(resume)
+    if state is not None:
         if not _same_model_config(state["model_config"], model.config):
             raise ValueError(f"cannot resume from {resume}: it trained a different {task.name} configuration")
         model.load_state_dict(state["model"])
@@ -282,7 +327,7 @@ def _train(task, config, env, out_dir, resume, stop_at_step, progress) -> TrainR
     writer = metrics = None
     if env.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(out_dir / "train_config.json", config.to_dict())
+        atomic_write_json(out_dir / CONFIG_NAME, config.to_dict())
         try:  # tensorboard is the [train] extra, not a core dependency
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:
@@ -295,7 +340,11 @@ def _train(task, config, env, out_dir, resume, stop_at_step, progress) -> TrainR
                  config.batch_size * config.grad_accum * env.world_size, total_steps, steps_per_epoch,
                  model.num_parameters(trainable_only=True) / 1e6)
 
+    saved_step = step if resume is not None else -1
+
     def save() -> None:
+        nonlocal saved_step
+        saved_step = step
         if not env.is_main:
             return
         atomic_torch_save({
@@ -316,64 +365,92 @@ def _train(task, config, env, out_dir, resume, stop_at_step, progress) -> TrainR
     for m in extras.values():
         m.train()
     loader_iter, epoch, stepped_this_epoch = None, -1, True
-    while step < total_steps and not (stop_at_step is not None and step >= stop_at_step):
-        # (Re)create the epoch's iterator at epoch boundaries, and once after a resume mid-epoch.
-        if loader_iter is None or step // steps_per_epoch != epoch:
-            if not stepped_this_epoch:  # a whole epoch of unreadable batches: the data, not bad luck
-                _write_skipped(out_dir, env, skipped_files, skipped_steps)
-                raise ValueError(f"no item of epoch {epoch} could be read ({skipped_steps} steps skipped, "
-                                 f"unreadable files listed in {out_dir / f'skipped_rank{env.rank}.txt'}); check the data")
-            stepped_this_epoch = step % steps_per_epoch != 0  # a resume mid-epoch cannot tell: assume it did
-            epoch = step // steps_per_epoch
-            if hasattr(dataset, "set_epoch"):
-                dataset.set_epoch(epoch)
-            sampler.set_epoch(epoch, start_batch=(step % steps_per_epoch) * config.grad_accum)
-            # The loader draws its workers' base seed from its own generator, never from the global
-            # RNG: a resumed run creates an iterator where an uninterrupted one did not, and the
-            # global stream (class dropout, token corruption, diffusion noise) must not shift.
-            seeds = torch.Generator().manual_seed(config.seed * 1_000_003 + epoch)
-            loader_iter = iter(DataLoader(dataset, batch_sampler=sampler, num_workers=config.num_workers,
-                                          collate_fn=task.collate, generator=seeds))
-        lr = lr_at(step, base_lr=config.lr, warmup_steps=warmup_steps, total_steps=total_steps, min_lr=config.min_lr)
-        for opt in optimizers.values():
-            for group in opt.param_groups:  # a group may carry its own multiplier of the schedule
-                group["lr"] = lr * group.get("lr_scale", 1.0)
+    interrupt, stopped = _Interrupt(task.name, env.is_main).install(), False
+    try:
+        while step < total_steps and not (stop_at_step is not None and step >= stop_at_step):
+            # (Re)create the epoch's iterator at epoch boundaries, and once after a resume mid-epoch.
+            if loader_iter is None or step // steps_per_epoch != epoch:
+                if not stepped_this_epoch:  # a whole epoch of unreadable batches: the data, not bad luck
+                    _write_skipped(out_dir, env, skipped_files, skipped_steps)
+                    raise ValueError(f"no item of epoch {epoch} could be read ({skipped_steps} steps skipped, "
+                                     f"unreadable files listed in {out_dir / f'skipped_rank{env.rank}.txt'}); check the data")
+                stepped_this_epoch = step % steps_per_epoch != 0  # a resume mid-epoch cannot tell: assume it did
+                epoch = step // steps_per_epoch
+                if hasattr(dataset, "set_epoch"):
+                    dataset.set_epoch(epoch)
+                sampler.set_epoch(epoch, start_batch=(step % steps_per_epoch) * config.grad_accum)
+                # The loader draws its workers' base seed from its own generator, never from the global
+                # RNG: a resumed run creates an iterator where an uninterrupted one did not, and the
+                # global stream (class dropout, token corruption, diffusion noise) must not shift.
+                seeds = torch.Generator().manual_seed(config.seed * 1_000_003 + epoch)
+                loader_iter = iter(DataLoader(dataset, batch_sampler=sampler, num_workers=config.num_workers,
+                                              collate_fn=task.collate, generator=seeds,
+                                              worker_init_fn=_ignore_interrupts))
+            lr = lr_at(step, base_lr=config.lr, warmup_steps=warmup_steps, total_steps=total_steps, min_lr=config.min_lr)
+            for opt in optimizers.values():
+                for group in opt.param_groups:  # a group may carry its own multiplier of the schedule
+                    group["lr"] = lr * group.get("lr_scale", 1.0)
 
-        batches = [next(loader_iter) for _ in range(config.grad_accum)]
-        for batch in batches:
-            if isinstance(batch, dict):
-                skipped_files.extend(batch.get("skipped", []))
-        batches = [b for b in batches if _batch_size(b) > 0]  # every file of a micro-batch unreadable
-        ctx = StepContext(step, total_steps, env, model, module, optimizers, config, out_dir, writer)
-        if distributed.all_true(bool(batches)):
-            logs = task.train_step(ctx, batches)
-            if ema is not None:
-                update_ema(ema, model, config.ema_decay)
-            images_seen += sum(_batch_size(b) for b in batches) * env.world_size
-            stepped_this_epoch = True
-        else:  # no rank may step alone: DDP would wait for it forever
-            skipped_steps += 1
-            logs = {}
-            log.warning("step %d skipped: a process had no readable item in its batch", step)
-        step += 1
-        ctx.step = step
-        logs = distributed.all_reduce_mean({**logs, **{f"grad_norm/{k}": v for k, v in ctx.grad_norms.items()}})
-        logs["lr"] = lr
-        history.append({"step": step, **logs})
-        task.after_step(ctx, logs)
-        logged = step % config.log_every == 0 or step == 1 or step == total_steps
-        window = usage_window(task, step)
-        if writer is not None and (logged or window):
-            rate = images_seen / max(time.perf_counter() - t0, 1e-9)
-            metrics.write({"step": step, **logs, **window, "items_per_s": rate, "wall_time": time.time()})
-        if writer is not None and logged:
-            for k, v in logs.items():
-                writer.add_scalar(f"train/{k}", v, step)
-            writer.add_scalar("train/items_per_s", rate, step)
-            bar.set_postfix(loss=f"{logs.get('total', logs.get('loss', float('nan'))):.4f}", it_s=f"{rate:.1f}")
-        bar.update(1)
-        if step % config.save_every == 0 or step == total_steps or step == stop_at_step:
+            try:
+                batches = [next(loader_iter) for _ in range(config.grad_accum)]
+            except Exception:
+                if not interrupt.requested:
+                    raise
+                stopped = True  # a loader worker ended by the same Ctrl-C: stop at the last finished step
+                break
+            for batch in batches:
+                if isinstance(batch, dict):
+                    skipped_files.extend(batch.get("skipped", []))
+            batches = [b for b in batches if _batch_size(b) > 0]  # every file of a micro-batch unreadable
+            ctx = StepContext(step, total_steps, env, model, module, optimizers, config, out_dir, writer)
+            if distributed.all_true(bool(batches)):
+                logs = task.train_step(ctx, batches)
+                if ema is not None:
+                    update_ema(ema, model, ema_decay_at(config.ema_decay, step))
+                images_seen += sum(_batch_size(b) for b in batches) * env.world_size
+                stepped_this_epoch = True
+            else:  # no rank may step alone: DDP would wait for it forever
+                skipped_steps += 1
+                logs = {}
+                log.warning("step %d skipped: a process had no readable item in its batch", step)
+            step += 1
+            ctx.step = step
+            # the interrupt flag rides on the step's one collective: every rank stops after the same step
+            logs = distributed.all_reduce_mean({**logs, **{f"grad_norm/{k}": v for k, v in ctx.grad_norms.items()},
+                                                INTERRUPT_KEY: float(interrupt.requested)})
+            stop_now = logs.pop(INTERRUPT_KEY) > 0
+            logs["lr"] = lr
+            history.append({"step": step, **logs})
+            task.after_step(ctx, logs)
+            logged = step % config.log_every == 0 or step == 1 or step == total_steps
+            window = usage_window(task, step)
+            if writer is not None and (logged or window):
+                rate = images_seen / max(time.perf_counter() - t0, 1e-9)
+                metrics.write({"step": step, **logs, **window, "items_per_s": rate, "wall_time": time.time()})
+            if writer is not None and logged:
+                for k, v in logs.items():
+                    writer.add_scalar(f"train/{k}", v, step)
+                writer.add_scalar("train/items_per_s", rate, step)
+                bar.set_postfix(loss=f"{logs.get('total', logs.get('loss', float('nan'))):.4f}", it_s=f"{rate:.1f}")
+            bar.update(1)
+            if step % config.save_every == 0 or step == total_steps or step == stop_at_step:
+                save()
+            if stop_now and step < total_steps:
+                stopped = True
+                break
+    finally:
+        interrupt.uninstall()
+    if stopped:
+        if saved_step != step:
             save()
+        bar.close()
+        _write_skipped(out_dir, env, skipped_files, skipped_steps)
+        if writer is not None:
+            writer.close()
+            metrics.close()
+        raise TrainingInterrupted(f"interrupted: the checkpoint in {out_dir} holds step {step} of {total_steps}; "
+                                  f"a resume continues exactly from it (--resume {out_dir}; a study, classify or "
+                                  "demo resumes when run again)")
     bar.close()
     _write_skipped(out_dir, env, skipped_files, skipped_steps)
     if history and skipped_steps == len(history):
@@ -384,7 +461,79 @@ def _train(task, config, env, out_dir, resume, stop_at_step, progress) -> TrainR
         metrics.close()
     distributed.barrier()
     trained = ema if ema is not None else model
-    return TrainResult(trained.eval(), out_dir, step, task, history, is_main=env.is_main, skipped_steps=skipped_steps)
+    if ema is not None and env.is_main:
+        share = ema_initial_share(config.ema_decay, step)
+        if share > EMA_STALE_SHARE:
+            log.warning("the EMA has seen only %d steps: %.0f%% of the exported %s weights are still the initial "
+                        "ones; train longer, or set ema_decay=none to export the trained weights", step,
+                        100 * share, task.name)
+    return TrainResult(trained.eval(), out_dir, step, task, history, is_main=env.is_main, skipped_steps=skipped_steps,
+                       ema_decay=config.ema_decay if ema is not None else None)
+
+
+INTERRUPT_KEY = "_interrupted"  # a private entry of the per-step all-reduce, removed before logging
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C stopped training after a finished step, whose checkpoint was written; the message says which."""
+
+
+class _Interrupt:
+    """Ctrl-C while training: the first one lets the running step finish, after which the loop
+    writes a checkpoint of it (atomically, like every checkpoint) and stops; a second one stops
+    at once, as Python's default handler does. Only the main thread can receive signals, so
+    elsewhere (a notebook's worker thread) nothing is installed."""
+
+    def __init__(self, name: str, verbose: bool):
+        self.name, self.verbose = name, verbose
+        self.requested = False
+        self._installed, self._previous = False, None
+
+    def install(self) -> "_Interrupt":
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+            self._installed = True
+        return self
+
+    def uninstall(self) -> None:
+        if self._installed:  # (None: a handler set outside Python; Python's own is the closest)
+            signal.signal(signal.SIGINT, self._previous if self._previous is not None else signal.default_int_handler)
+            self._installed = False
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        if self.verbose:
+            log.warning("interrupted: finishing the current %s step, then saving a checkpoint of it "
+                        "(Ctrl-C again to stop at once, keeping only the last checkpoint)", self.name)
+
+
+def _ignore_interrupts(worker_id: int) -> None:
+    """Loader workers leave Ctrl-C to the training process, which stops after a finished step."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+# What a run writes into its folder besides the exported model (OUT/<task name>).
+RUN_ENTRIES = (STATE_NAME, CONFIG_NAME, METRICS_NAME, "metrics.png", "tensorboard", "samples", "usage_curve.json")
+
+
+def holds_run(folder: str | os.PathLike) -> bool:
+    """Whether a training run (finished, or stopped at any point after it began) lives in `folder`."""
+    return any((Path(folder) / name).exists() for name in (STATE_NAME, CONFIG_NAME))
+
+
+def clear_run(folder: str | os.PathLike, *exports: str) -> None:
+    """Delete what a run wrote into `folder` (checkpoint, config, logs, grids, and `exports`: the
+    exported model and what the family writes beside it); anything else there is left alone."""
+    import shutil
+
+    folder = Path(folder)
+    for entry in [*(folder / name for name in (*RUN_ENTRIES, *exports)), *folder.glob("skipped_rank*.txt")]:
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        elif entry.exists() or entry.is_symlink():
+            entry.unlink()
 
 
 def _write_skipped(out_dir: Path, env: DistEnv, skipped_files: list, skipped_steps: int) -> None:

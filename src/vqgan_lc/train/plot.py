@@ -21,8 +21,15 @@ NOT_CURVES = ("step", "wall_time")
 
 
 def metrics_path(run: str | os.PathLike) -> Path:
-    """A run folder's metrics.jsonl, or the file itself when given one."""
+    """A run folder's metrics.jsonl, or the file itself when given one. A folder that holds one
+    run in a sub-folder (`vqgan-lc classify --out`: OUT/run) is read through it."""
     path = Path(run)
+    if path.is_dir() and not (path / METRICS_NAME).is_file():
+        inside = sorted(sub for sub in path.iterdir() if (sub / METRICS_NAME).is_file())
+        if len(inside) > 1:
+            raise ValueError(f"{path} holds several runs ({', '.join(sub.name for sub in inside)}); plot one of them, "
+                             f"e.g. `vqgan-lc plot {inside[0]}`")
+        path = inside[0] if inside else path
     if path.is_dir():
         path = path / METRICS_NAME
     if not path.is_file():
@@ -72,6 +79,9 @@ def plot_metrics(run: str | os.PathLike, out: str | os.PathLike | None = None,
     out = Path(out) if out is not None else metrics_path(run).parent / "metrics.png"
     if out.suffix.lower() != ".png":
         raise ValueError(f"--out {out} must name a .png file")
+    blocking = next((p for p in out.parents if p.exists() and not p.is_dir()), None)
+    if blocking is not None:
+        raise ValueError(f"cannot write --out {out}: {blocking} is a file, not a folder; choose another --out")
     cols = min(columns, len(names))
     rows = math.ceil(len(names) / cols)
     figure = Figure(figsize=(4.2 * cols, 2.8 * rows), layout="constrained")

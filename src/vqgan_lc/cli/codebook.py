@@ -41,6 +41,9 @@ def register(sub) -> None:
     p.add_argument("--shard-mb", type=float, default=256, help="size of each feature shard file")
     p.add_argument("--cache-dir", help="feature cache root (default $VQGAN_LC_CACHE or ~/.cache/vqgan-lc)")
     p.add_argument("--features-dir", help="exact folder for this dataset's features (overrides the cache)")
+    p.add_argument("--exemplars", type=int, default=8, metavar="K",
+                   help="record the K feature vectors nearest to each entry (image, grid cell) in CODEBOOK.exemplars.npz "
+                        "beside the codebook, for `vqgan-lc app` (0: none)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=build)
 
@@ -56,7 +59,8 @@ def build(args) -> int:
         data=args.data, size=args.size, out=args.out, backbone=args.backbone, backbone_weights=args.backbone_weights,
         mode=args.mode, pool=args.pool, input_size=args.input_size, iters=args.iters, seed=args.seed, init=args.init, assign=args.assign,
         batch_size=args.batch_size, workers=args.workers, shard_mb=args.shard_mb, cache_dir=args.cache_dir,
-        features_dir=args.features_dir, device=args.device, progress=not args.no_progress)
+        features_dir=args.features_dir, device=args.device, progress=not args.no_progress,
+        exemplars=args.exemplars)
     build_codebook_file(config.validate())
     return 0
 

@@ -42,10 +42,13 @@ class CodebookBuildConfig(Config):
     features_dir: str | None = None    # exact folder for this dataset's features (overrides the cache)
     device: str = "auto"
     progress: bool = True
+    exemplars: int = 8                 # nearest vectors recorded per entry in the sidecar file; 0: none
 
     def check(self) -> None:
         if not self.data:
             raise ValueError("codebook build needs the image folder or list (data)")
+        if self.exemplars < 0:
+            raise ValueError(f"exemplars per entry must be >= 0 (0: record none), got {self.exemplars}")
         if self.size < 1 or (self.pool is not None and self.pool < 1) or self.iters < 1 or self.batch_size < 1 or self.workers < 0:
             raise ValueError(f"size, pool, iters and batch size must be >= 1 (got {self.size}, {self.pool}, "
                              f"{self.iters}, {self.batch_size}) and workers >= 0")
@@ -99,7 +102,15 @@ def build_codebook_file(config: CodebookBuildConfig):
                 "backbone_weights": config.backbone_weights or "default", "features": folder}
     if mode == "per-class":
         metadata["class_names"] = [manifest["class_names"][c] for c in info["classes"]]
-    save_codebook(config.out, vectors, metadata)
+    exemplars = None
+    if config.exemplars:
+        from .exemplars import find_exemplars
+
+        paths = [os.path.abspath(records[i].path) for i in store.image_ids]
+        exemplars = find_exemplars(store.vectors, vectors, vectors_per_image=store.vectors_per_image,
+                                   image_labels=store.labels, info=info, k=config.exemplars,
+                                   input_size=backbone.input_size, paths=paths, class_names=manifest["class_names"])
+    save_codebook(config.out, vectors, metadata, exemplars=exemplars)
     if config.progress:
         inertia = f", inertia {info['inertia']:.6g}" if "inertia" in info else ""
         print(f"codebook: {config.size} x {vectors.shape[1]} ({mode}) from {info['num_vectors']} vectors of "

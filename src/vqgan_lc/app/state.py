@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 
 PATCH_DISPLAY = 64      # exemplar patches are upscaled (nearest) to this side for the page
 THUMB_SIDE = 96
-LIST_LIMIT = 200        # entries per page of the atlas' lists
+LIST_LIMIT = 120        # entries listed at once by the atlas
 
 
 def png_data_url(image) -> str:
@@ -263,6 +263,7 @@ class AppState:
                 label = ex["label"]
                 found["exemplars"].append({
                     "url": f"/api/patch/{entry}/{j}.png", "source": ex["source"], "cell": ex["cell"],
+                    "short": os.path.basename(ex["source"]) if self.exemplars.paths is not None else f"picture {ex['image']}",
                     "distance": round(ex["distance"], 4),
                     "label": names[label] if 0 <= label < len(names) else (None if label < 0 else label)})
             if not found["exemplars"]:

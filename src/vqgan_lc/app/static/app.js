@@ -148,7 +148,7 @@ async function showEntry(panelId, entry) {
     img.className = "exemplar";
     img.title = `${ex.source}\ncell ${ex.cell}, squared distance ${ex.distance}` + (ex.label != null ? `\nclass ${ex.label}` : "");
     const cap = document.createElement("figcaption");
-    cap.textContent = ex.label != null ? `class ${ex.label}` : ex.source.split("/").pop();
+    cap.textContent = ex.label != null ? String(ex.label) : ex.short;
     fig.append(img, cap);
     row.appendChild(fig);
   }

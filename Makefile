@@ -37,7 +37,7 @@ demo: $(VENV)/.installed-demo
 APP_GEN ?= runs/demo-gpt
 app: $(VENV)/.installed-demo
 	@if [ -f $(APP_GEN)/runs/gpt-lc/generator/model.safetensors ]; then \
-		$(VENV)/bin/vqgan-lc app $(APP_GEN)/tokenizers/lc/tokenizer --data $(APP_GEN)/data --generator $(APP_GEN)/runs/gpt-lc; \
+		$(VENV)/bin/vqgan-lc app $(APP_GEN)/tokenizers/vqgan-lc/tokenizer --data $(APP_GEN)/data --generator $(APP_GEN)/runs/gpt-lc; \
 	else \
 		$(VENV)/bin/vqgan-lc app runs/demo/vqgan-lc/tokenizer --data demo:eval:512; \
 	fi

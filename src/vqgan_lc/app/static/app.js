@@ -208,8 +208,10 @@ function renderUsage(u) {
   renderHistogram(u.histogram);
   if (u.per_class) {
     let html = "<table class='classes'><tr><th>class</th><th>entries</th><th>used</th><th>tokens</th></tr>";
-    for (const c of u.per_class) html += `<tr><td>${c.name}</td><td>${c.entries}</td><td>${c.used}</td><td>${c.tokens}</td></tr>`;
-    $("class-usage").innerHTML = html + "</table>";
+    const shown = u.per_class.slice(0, 50);
+    for (const c of shown) html += `<tr><td>${c.name}</td><td>${c.entries}</td><td>${c.used}</td><td>${c.tokens}</td></tr>`;
+    const rest = u.per_class.length - shown.length;
+    $("class-usage").innerHTML = html + "</table>" + (rest ? `<p class="muted">and ${rest} more classes</p>` : "");
   }
 }
 

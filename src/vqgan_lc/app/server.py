@@ -44,7 +44,7 @@ def one_line(err: BaseException) -> str:
 
 
 class Jobs:
-    """Background jobs, kept until read once after they end (and at most an hour)."""
+    """Background jobs and their results, kept for an hour after they start."""
 
     def __init__(self):
         self._jobs: dict[str, dict] = {}

@@ -224,8 +224,9 @@ class AppState:
             try:
                 image = load_image(path)
             except ImageError as err:
-                raise ValueError("the uploaded file is not a readable image" +
-                                 str(err)[len(path):].replace(":", " (", 1).rstrip() + ")") from None
+                reason = str(err)[len(path) + 2:] if str(err).startswith(f"{path}: ") else str(err)
+                reason = reason.replace(f" '{path}'", "").replace(path, "the upload")  # a temporary name means nothing
+                raise ValueError(f"the uploaded file is not a readable image ({reason})") from None
         return EvalTransform(self.resolution)(image)
 
     @torch.no_grad()

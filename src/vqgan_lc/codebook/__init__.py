@@ -10,6 +10,7 @@ from vqgan_lc.codebook.build import (
     build_codebook_from_vectors,
     extract_in_memory,
 )
+from vqgan_lc.codebook.exemplars import Exemplars, exemplars_path, load_exemplars
 from vqgan_lc.codebook.feature_store import FeatureStore, dataset_fingerprint
 from vqgan_lc.codebook.features import ExtractConfig, extract_features, pool_features
 from vqgan_lc.codebook.io import Codebook, describe_codebook, load_codebook, save_codebook
@@ -25,6 +26,7 @@ from vqgan_lc.data.cache import ShardedRows  # the reader behind FeatureStore.ve
 __all__ = [
     "CODEBOOK_MODES",
     "Codebook",
+    "Exemplars",
     "ExtractConfig",
     "FeatureStore",
     "KMeansResult",
@@ -32,12 +34,14 @@ __all__ = [
     "build_codebook",
     "build_codebook_from_vectors",
     "dataset_fingerprint",
+    "exemplars_path",
     "describe_codebook",
     "extract_features",
     "extract_in_memory",
     "grouped_kmeans",
     "kmeans",
     "load_codebook",
+    "load_exemplars",
     "pool_features",
     "save_codebook",
     "size_histogram",

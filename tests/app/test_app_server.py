@@ -77,6 +77,8 @@ def test_usage_counts_every_token_of_the_evaluation_set(app, tiny_world):
     assert entry["usage"]["count"] == expected[5] and entry["class"] == 1  # per-class: entries 4..7 are class1's
     _, most = request(app, "/api/entries?order=most")
     assert [e["count"] for e in most["entries"]] == sorted(expected.tolist(), reverse=True)
+    _, rest = request(app, "/api/entries?order=most&offset=3")  # the page's "more" button
+    assert rest["total"] == 8 and rest["entries"] == most["entries"][3:]
     _, never = request(app, "/api/entries?order=never")
     assert {e["entry"] for e in never["entries"]} == set(np.flatnonzero(expected == 0).tolist())
     _, of_class = request(app, "/api/entries?order=class&class=0")

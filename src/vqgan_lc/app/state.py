@@ -321,6 +321,8 @@ class AppState:
     def entries(self, order: str, class_id: int | None = None, offset: int = 0, limit: int = LIST_LIMIT) -> dict:
         """Entries by usage: "most" used first, "never" used, or one class's entries by usage."""
         counts = self.usage.counts
+        if offset < 0:
+            raise ValueError(f"offset must be >= 0, got {offset}")
         if order not in ("most", "never", "class"):
             raise ValueError(f"order must be most, never or class, not {order!r}")
         if counts is None:

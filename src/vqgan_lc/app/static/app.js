@@ -161,7 +161,8 @@ let selectedCell = null;
 
 function redrawTokens() {
   if (!TOKENS) return;
-  drawTokenMap($("tokenmap"), TOKENS.grid, TOKENS.ids, TOKENS.classes, $("colour-by").value === "class", selectedCell);
+  const same = selectedCell == null ? null : new Set([TOKENS.ids[selectedCell]]);  // every token of the clicked entry
+  drawTokenMap($("tokenmap"), TOKENS.grid, TOKENS.ids, TOKENS.classes, $("colour-by").value === "class", selectedCell, same);
 }
 
 async function tokenize(url, body, label) {
@@ -225,13 +226,15 @@ async function pollUsage() {
   }
 }
 
-async function browse(order, title) {
+async function browse(order, title, offset = 0) {
   const cls = $("browse-class").value;
-  const data = await api(`/api/entries?order=${order}` + (order === "class" ? `&class=${cls}` : ""));
+  const data = await api(`/api/entries?order=${order}&offset=${offset}` + (order === "class" ? `&class=${cls}` : ""));
+  const end = data.offset + data.entries.length;
   $("list-title").hidden = false;
-  $("list-title").textContent = `${title}: ${data.total} entries` + (data.total > data.entries.length ? ` (first ${data.entries.length} shown)` : "");
+  $("list-title").textContent = `${title}: ${data.total} entries` + (data.total > end || offset ? ` (${end} shown)` : "");
   const list = $("entry-list");
-  list.innerHTML = "";
+  if (!offset) list.innerHTML = "";
+  list.querySelector(".more")?.remove();
   for (const e of data.entries) {
     const tile = document.createElement("div");
     tile.className = "tile";
@@ -243,6 +246,13 @@ async function browse(order, title) {
     tile.append(pic, label);
     tile.addEventListener("click", guarded(() => showEntry("atlas-entry", e.entry)));
     list.appendChild(tile);
+  }
+  if (data.total > end) {
+    const more = document.createElement("button");
+    more.className = "more";
+    more.textContent = `${Math.min(data.total - end, data.entries.length)} more`;
+    more.addEventListener("click", guarded(() => browse(order, title, end)));
+    list.appendChild(more);
   }
 }
 

@@ -13,6 +13,8 @@
 from __future__ import annotations
 
 import hashlib
+import logging
+import math
 
 import numpy as np
 import torch
@@ -103,8 +105,6 @@ def build_codebook_from_vectors(
     # the paper's per-class k-means had ~200 vectors per entry (~1,300 images x 16 per class
     # for 100 entries). Random-select and Gaussian entries do not average vectors at all.
     if mode in ("per-class", "global") and per_entry < 10:
-        import logging  # only this warning logs; imported here to keep the module's imports as they are
-
         logging.getLogger(__name__).warning(
             "codebook: only %.1f feature vectors per entry (%d vectors for %d entries; the paper had ~200), "
             "so the k-means entries are close to single vectors; use more images or crops, a larger --pool "
@@ -196,8 +196,11 @@ def build_codebook(
     vectors, labels, num_images = extract_in_memory(images, net, pool, batch_size, device, pictures=pictures)
     centroids, info = build_codebook_from_vectors(vectors, labels, size, mode, seed, iters=iters, init=init)
     found = None
-    if exemplars:
-        per_image = len(vectors) // num_images
+    per_image = len(vectors) // num_images
+    if exemplars and math.isqrt(per_image) ** 2 != per_image:  # non-square images: no cell -> pixel box
+        logging.getLogger(__name__).warning("codebook: no exemplars recorded: the images give %d feature vectors "
+                                            "each, not a square grid; pass square images", per_image)
+    elif exemplars:
         found = find_exemplars(vectors, centroids, vectors_per_image=per_image, k=exemplars, info=info,
                                image_labels=None if labels is None else labels[::per_image], input_size=None,
                                pictures=pictures)

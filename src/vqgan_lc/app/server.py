@@ -220,6 +220,8 @@ def _generate_args(params: dict) -> dict:
 
 def serve(state: AppState, host: str = "127.0.0.1", port: int = 7860) -> AppServer:
     """A server bound to (host, port) (port 0: any free one); call `serve_forever()` on it."""
+    if not 0 <= port <= 65535:
+        raise ValueError(f"--port must be 0..65535 (0: any free port), got {port}")
     try:
         return AppServer((host, port), state)
     except OSError as err:

@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 TORCH_PIP_ARGS ?=
 
-.PHONY: setup demo test test-slow bench clean
+.PHONY: setup demo app test test-slow bench clean
 
 # Extras: [demo] (photos, MNIST digits, plots) and [train] (tensorboard) for `make demo`;
 # [dev] (both, plus test tools) for `make test`. Each stamp file records one installed set.
@@ -29,6 +29,18 @@ setup: $(VENV)/.installed
 
 demo: $(VENV)/.installed-demo
 	$(VENV)/bin/vqgan-lc demo --out runs/demo
+
+# The local page (http://127.0.0.1:7860/) on what `make demo` trained, offline. The generation demo
+# samples tokens of its own digit tokenizer, so where its GPT run exists (`vqgan-lc demo --generate
+# gpt`) the app opens on that tokenizer, its digits and its generator; otherwise on the photo
+# tokenizer of `make demo` and its held-out crops.
+APP_GEN ?= runs/demo-gpt
+app: $(VENV)/.installed-demo
+	@if [ -f $(APP_GEN)/runs/gpt-lc/generator/model.safetensors ]; then \
+		$(VENV)/bin/vqgan-lc app $(APP_GEN)/tokenizers/vqgan-lc/tokenizer --data $(APP_GEN)/data --generator $(APP_GEN)/runs/gpt-lc; \
+	else \
+		$(VENV)/bin/vqgan-lc app runs/demo/vqgan-lc/tokenizer --data demo:eval:512; \
+	fi
 
 test: setup
 	$(PY) -m pytest -n 2 -q

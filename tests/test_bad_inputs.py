@@ -276,6 +276,15 @@ CASES = {
     "study-steps-0": (["study", "--out", "{new}", "--steps", "0"], "positive"),
     "study-unknown-key": (["study", "--out", "{new}", "--set", "lrr=1"], "lrr"),
     # demo (a valid call would run it: only refusals are tried)
+    # app: refused in one line before it serves anything
+    "app-missing-tokenizer": (["app", "{missing}"], "not found"),
+    "app-plain-tokenizer": (["app", "{plain}"], "cannot read tokenizer"),
+    "app-garbage-tokenizer": (["app", "{garbage}"], "cannot read tokenizer"),
+    "app-missing-generator": (["app", TOK, "--generator", "{missing}"], "not found"),
+    "app-garbage-generator": (["app", TOK, "--generator", "{badrun}"], "cannot read generator"),
+    "app-tokenizer-as-generator": (["app", TOK, "--generator", TOK], "not a generator run"),
+    "app-garbage-codebook": (["app", TOK, "--codebook", "{garbage.safetensors}"], "not a codebook"),
+    "app-missing-data": (["app", TOK, "--data", "{missing}"], "--data"),
     "demo-out-is-file": (["demo", "--quick", "--out", "{taken}"], "not a folder"),
     "demo-out-readonly": (["demo", "--quick", "--out", "{ro}/demo"], "read-only"),
     "demo-generate-out-is-file": (["demo", "--generate", "gpt", "--quick", "--out", "{taken}"], "not a folder"),

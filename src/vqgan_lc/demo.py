@@ -84,7 +84,7 @@ def build_demo_codebook(cfg: DemoConfig, path: Path) -> dict:
     codebook = build_codebook((batch["image"] for batch in loader), cfg.codebook_size,
                               backbone="efficientnet-lite0", pool=None, mode="global", seed=cfg.seed,
                               iters=cfg.kmeans_iters)
-    save_codebook(path, codebook.vectors, codebook.metadata)
+    save_codebook(path, codebook.vectors, codebook.metadata, exemplars=codebook.exemplars)
     return dict(codebook.metadata)
 
 

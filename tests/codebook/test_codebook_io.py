@@ -90,13 +90,15 @@ def test_codebook_info_refuses_a_nan_codebook_in_one_line(tmp_path, capsys):
     assert "NaN or infinite values (1 of 6 entries)" in err and "\n" not in err
 
 
-def test_lc_quantizer_refuses_a_degenerate_codebook_file(tmp_path):
-    from vqgan_lc.quantize import QuantizerConfig, build_quantizer
+def test_a_tokenizer_refuses_a_degenerate_codebook_file(tmp_path):
+    """The quantizer takes tensors; the tokenizer reads the file, and the file's checks hold there."""
+    from vqgan_lc.tokenizer.config import get_preset
+    from vqgan_lc.tokenizer.model import VQModel
 
     path = _write_raw(tmp_path / "zeros.safetensors", torch.zeros(16, 6))
-    config = QuantizerConfig(kind="lc", codebook_size=16, dim=4, codebook_dim=6)
+    config = get_preset("vqgan-lc-tiny")
     with pytest.raises(ValueError, match="all zeros"):
-        build_quantizer(config, str(path))
+        VQModel(config, str(path))
 
 
 def test_one_entry_and_distinct_entries_pass_without_warning(tmp_path, caplog):

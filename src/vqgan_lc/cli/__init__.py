@@ -12,10 +12,10 @@ import logging
 import os
 import sys
 
-from . import classify, codebook, convert, demo, generate, info, plot, study, tokenizer
+from . import app, classify, codebook, convert, demo, generate, info, plot, study, tokenizer
 from .common import OneLineParser
 
-STAGES = (tokenizer, codebook, generate, convert, classify, study, plot, info, demo)
+STAGES = (tokenizer, codebook, generate, convert, classify, study, plot, info, demo, app)
 
 # Errors that end a command with one line on stderr and exit status 2 (no traceback).
 USER_ERRORS = (ValueError, FileNotFoundError, RuntimeError, FloatingPointError, OSError)

@@ -13,6 +13,8 @@
 from __future__ import annotations
 
 import hashlib
+import logging
+import math
 
 import numpy as np
 import torch
@@ -20,6 +22,7 @@ from torch import nn
 
 from vqgan_lc.backbones.registry import as_backbone
 from vqgan_lc.codebook.config import CODEBOOK_MODES
+from vqgan_lc.codebook.exemplars import EXEMPLARS_PER_ENTRY, find_exemplars, jpeg_bytes
 from vqgan_lc.codebook.feature_store import VECTORS
 from vqgan_lc.codebook.features import feature_encoder, pooling_name
 from vqgan_lc.codebook.io import Codebook
@@ -102,8 +105,6 @@ def build_codebook_from_vectors(
     # the paper's per-class k-means had ~200 vectors per entry (~1,300 images x 16 per class
     # for 100 entries). Random-select and Gaussian entries do not average vectors at all.
     if mode in ("per-class", "global") and per_entry < 10:
-        import logging  # only this warning logs; imported here to keep the module's imports as they are
-
         logging.getLogger(__name__).warning(
             "codebook: only %.1f feature vectors per entry (%d vectors for %d entries; the paper had ~200), "
             "so the k-means entries are close to single vectors; use more images or crops, a larger --pool "
@@ -143,15 +144,25 @@ def build_codebook_from_vectors(
 # ----------------------------------------------------------------------------- from images
 
 
-def extract_in_memory(images, backbone, pool: int | None = 4, batch_size: int = 32, device: str = "cpu"):
+def extract_in_memory(images, backbone, pool: int | None = 4, batch_size: int = 32, device: str = "cpu",
+                      pictures: list[bytes] | None = None):
     """Pooled features of an in-memory image source: ((n, C) float16 array, labels or None, images).
 
     The same loop and encoder as `extract_features`, kept in RAM (`encode_in_memory`): `images`
     is a (N, 3, H, W) tensor, an iterable of batches (tensors, dicts, (images, labels) pairs) or
-    a Dataset. Labels are None unless every image has one.
+    a Dataset. Labels are None unless every image has one. `pictures`: a list that receives
+    every encoded image as JPEG bytes, in order (an in-memory source may not be readable twice).
     """
     backbone = backbone.to(device).eval()
-    encoded = encode_in_memory(images, feature_encoder(backbone, pool, device), batch_size=batch_size)
+    encode = feature_encoder(backbone, pool, device)
+    if pictures is not None:
+        features_only = encode
+
+        def encode(batch: torch.Tensor) -> dict:
+            pictures.extend(jpeg_bytes(image) for image in batch)
+            return features_only(batch)
+
+    encoded = encode_in_memory(images, encode, batch_size=batch_size)
     per_image = encoded.arrays[VECTORS]  # (images, vectors per image, C)
     labels = encoded.labels
     vector_labels = None if (labels < 0).any() else np.repeat(labels, per_image.shape[1])
@@ -171,20 +182,32 @@ def build_codebook(
     batch_size: int = 32,
     device: str = "cpu",
     init: str = "random",
+    exemplars: int = EXEMPLARS_PER_ENTRY,
 ) -> Codebook:
     """Codebook straight from images: batches (B, 3, H, W) in [-1, 1], dict batches, or a Dataset.
 
     `pool`: average-pool each feature grid to pool x pool vectors (paper: 4); None keeps
     every grid cell. Features stay in RAM (fp16); for datasets on disk use
-    `extract_features` and the CLI.
+    `extract_features` and the CLI. `exemplars`: vectors recorded per entry (`exemplars.py`;
+    the images they come from are kept as JPEG pictures); 0 records none.
     """
     net = as_backbone(backbone, weights)
-    vectors, labels, num_images = extract_in_memory(images, net, pool, batch_size, device)
+    pictures: list[bytes] | None = [] if exemplars else None
+    vectors, labels, num_images = extract_in_memory(images, net, pool, batch_size, device, pictures=pictures)
     centroids, info = build_codebook_from_vectors(vectors, labels, size, mode, seed, iters=iters, init=init)
+    found = None
+    per_image = len(vectors) // num_images
+    if exemplars and math.isqrt(per_image) ** 2 != per_image:  # non-square images: no cell -> pixel box
+        logging.getLogger(__name__).warning("codebook: no exemplars recorded: the images give %d feature vectors "
+                                            "each, not a square grid; pass square images", per_image)
+    elif exemplars:
+        found = find_exemplars(vectors, centroids, vectors_per_image=per_image, k=exemplars, info=info,
+                               image_labels=None if labels is None else labels[::per_image], input_size=None,
+                               pictures=pictures)
     origin = net.describe()
     metadata = {
         **origin, "pooling": pooling_name(pool), **info, "num_images": num_images,
         "fingerprint": hashlib.sha256(vectors.tobytes()).hexdigest()[:16],
         "fingerprint_of": "features",
     }
-    return Codebook(vectors=centroids, metadata=metadata)
+    return Codebook(vectors=centroids, metadata=metadata, exemplars=found)

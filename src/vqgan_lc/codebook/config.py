@@ -31,10 +31,15 @@ class CodebookBuildConfig(Config):
     features_dir: str | None = None    # exact folder for this dataset's features (overrides the cache)
     device: str = "auto"               # auto | cpu | cuda | cuda:N
     progress: bool = True              # a progress bar while features are extracted
+    # the K feature vectors nearest to each entry (image, grid cell, class), recorded in
+    # CODEBOOK.exemplars.npz beside the codebook for `vqgan-lc app`; 0: none
+    exemplars: int = 8
 
     def check(self) -> None:
         if not self.data:
             raise ValueError("codebook build needs the image folder or list (data)")
+        if self.exemplars < 0:
+            raise ValueError(f"exemplars per entry must be >= 0 (0: record none), got {self.exemplars}")
         if self.size < 1 or (self.pool is not None and self.pool < 1) or self.iters < 1 or self.batch_size < 1 or self.workers < 0:
             raise ValueError(f"size, pool, iters and batch size must be >= 1 (got {self.size}, {self.pool}, "
                              f"{self.iters}, {self.batch_size}) and workers >= 0")

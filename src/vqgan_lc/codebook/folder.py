@@ -60,7 +60,19 @@ def build_codebook_file(config: CodebookBuildConfig):
                 "backbone_weights": config.backbone_weights or "default", "features": folder}
     if mode == "per-class":
         metadata["class_names"] = [manifest["class_names"][c] for c in info["classes"]]
-    save_codebook(config.out, vectors, metadata)
+    exemplars = None
+    if config.exemplars:
+        from .exemplars import exemplars_path, find_exemplars
+
+        searched = time.time()
+        paths = [os.path.abspath(records[i].path) for i in store.image_ids]
+        exemplars = find_exemplars(store.vectors, vectors, vectors_per_image=store.vectors_per_image,
+                                   image_labels=store.labels, info=info, k=config.exemplars,
+                                   input_size=backbone.input_size, paths=paths, class_names=manifest["class_names"])
+    save_codebook(config.out, vectors, metadata, exemplars=exemplars)
+    if exemplars is not None and config.progress:
+        print(f"exemplars: the {config.exemplars} nearest vectors of each entry in {time.time() - searched:.1f} s "
+              f"-> {exemplars_path(config.out)}")
     if config.progress:
         inertia = f", inertia {info['inertia']:.6g}" if "inertia" in info else ""
         print(f"codebook: {config.size} x {vectors.shape[1]} ({mode}) from {info['num_vectors']} vectors of "

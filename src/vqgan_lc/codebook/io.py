@@ -14,9 +14,13 @@ import json
 import logging
 import os
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
+
+if TYPE_CHECKING:
+    from .exemplars import Exemplars
 
 CODEBOOK_KEY = "codebook"
 FORMAT_VERSION = 1
@@ -31,6 +35,7 @@ logger = logging.getLogger(__name__)
 class Codebook:
     vectors: torch.Tensor  # (N, C) float32
     metadata: dict[str, str | int | float | list] = field(default_factory=dict)
+    exemplars: "Exemplars | None" = None  # nearest feature vectors per entry (codebook/exemplars.py), from builds
 
     @property
     def size(self) -> int:
@@ -86,14 +91,21 @@ def check_codebook(vectors: torch.Tensor, source: str) -> None:
                        source, repeats, n, 100.0 * repeats / n, n - repeats)
 
 
-def save_codebook(path: str | os.PathLike, vectors: torch.Tensor | np.ndarray, metadata: dict) -> None:
-    """Write atomically (files.atomic_save_safetensors), so a crash never leaves half a codebook."""
+def save_codebook(path: str | os.PathLike, vectors: torch.Tensor | np.ndarray, metadata: dict,
+                  exemplars: "Exemplars | None" = None) -> None:
+    """Write atomically (files.atomic_save_safetensors), so a crash never leaves half a codebook.
+
+    `exemplars` (from a build) go to the sidecar beside it (`exemplars.exemplars_path`), written
+    first, so a codebook file never names exemplars that are not on disk yet."""
     from ..files import atomic_save_safetensors
+    from .exemplars import exemplars_path, save_exemplars
 
     tensor = torch.as_tensor(vectors).detach().to("cpu", torch.float32).contiguous()
     check_codebook(tensor, "save_codebook")
     meta = {"format_version": FORMAT_VERSION, **metadata, "size": tensor.shape[0], "dim": tensor.shape[1]}
     encoded = {str(k): json.dumps(v) for k, v in meta.items()}
+    if exemplars is not None:
+        save_exemplars(exemplars_path(path), exemplars)
     atomic_save_safetensors({CODEBOOK_KEY: tensor}, path, metadata=encoded)
 
 
@@ -136,4 +148,22 @@ def describe_codebook(codebook: Codebook, path: str = "") -> str:
         elif isinstance(value, dict):
             value = json.dumps(value)
         lines.append(f"  {key}: {value}")
+    if path:
+        lines.append(f"  exemplars: {_describe_exemplars(codebook, path)}")
     return "\n".join(lines)
+
+
+def _describe_exemplars(codebook: Codebook, path: str) -> str:
+    from .exemplars import exemplars_path, load_exemplars
+
+    sidecar = exemplars_path(path)
+    if not sidecar.is_file():
+        return "none recorded (rebuild with `vqgan-lc codebook build` to record them)"
+    try:
+        found = load_exemplars(sidecar, codebook.vectors)
+    except ValueError as err:
+        return f"unusable: {err}"
+    filled = int((found.image >= 0).sum())
+    source = "image files" if found.paths is not None else "pictures kept in the file"
+    return (f"{sidecar} ({found.per_entry} per entry, {filled} in all, from {len(found.image_label)} images, "
+            f"{source}; {sidecar.stat().st_size / 2**20:.1f} MB)")

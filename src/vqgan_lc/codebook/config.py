@@ -12,8 +12,9 @@ CODEBOOK_MODES = ("per-class", "global", "random-select", "gaussian")
 
 @dataclass
 class CodebookBuildConfig(Config):
+    renamed_fields = {"size": "codebook_size"}
     data: str = ""                     # image folder (class sub-folders -> labels) or a .txt list
-    size: int = 16_384                 # entries N
+    codebook_size: int = 16_384        # entries N
     out: str = "codebook.safetensors"  # codebook file to write (.safetensors)
     backbone: str = "efficientnet-lite0"  # feature backbone (efficientnet-lite0, clip-vit-l14, ...)
     backbone_weights: str | None = None  # local weights file or folder for the backbone
@@ -35,8 +36,8 @@ class CodebookBuildConfig(Config):
     def check(self) -> None:
         if not self.data:
             raise ValueError("codebook build needs the image folder or list (data)")
-        if self.size < 1 or (self.pool is not None and self.pool < 1) or self.iters < 1 or self.batch_size < 1 or self.workers < 0:
-            raise ValueError(f"size, pool, iters and batch size must be >= 1 (got {self.size}, {self.pool}, "
+        if self.codebook_size < 1 or (self.pool is not None and self.pool < 1) or self.iters < 1 or self.batch_size < 1 or self.workers < 0:
+            raise ValueError(f"codebook_size, pool, iters and batch size must be >= 1 (got {self.codebook_size}, {self.pool}, "
                              f"{self.iters}, {self.batch_size}) and workers >= 0")
         if self.mode not in ("auto", *CODEBOOK_MODES):
             raise ValueError(f"mode must be auto or one of {', '.join(CODEBOOK_MODES)}, got {self.mode!r}")

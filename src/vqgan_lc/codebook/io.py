@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from ..config import renamed
+
 CODEBOOK_KEY = "codebook"
 FORMAT_VERSION = 1
 # Above this fraction of entries that repeat an earlier one, a warning says so: a repeated
@@ -33,8 +35,10 @@ class Codebook:
     metadata: dict[str, str | int | float | list] = field(default_factory=dict)
 
     @property
-    def size(self) -> int:
+    def codebook_size(self) -> int:
         return int(self.vectors.shape[0])
+
+    size = renamed("codebook_size", "size")
 
     @property
     def dim(self) -> int:
@@ -126,7 +130,7 @@ def load_codebook(path: str | os.PathLike) -> Codebook:
 
 def describe_codebook(codebook: Codebook, path: str = "") -> str:
     """Human-readable summary for `vqgan-lc codebook info` (long lists abbreviated)."""
-    lines = [f"codebook {path}".rstrip(), f"  entries x dim: {codebook.size} x {codebook.dim}"]
+    lines = [f"codebook {path}".rstrip(), f"  entries x dim: {codebook.codebook_size} x {codebook.dim}"]
     norms = codebook.vectors.norm(dim=1)
     lines.append(f"  entry norm: mean {norms.mean():.4g}  min {norms.min():.4g}  max {norms.max():.4g}")
     for key in sorted(codebook.metadata):

@@ -7,6 +7,7 @@ from dataclasses import dataclass, replace
 import torch
 from torch import nn
 
+from ..config import renamed
 from ..pretrained import PretrainedModel
 from ..quantize import Quantizer, QuantizerOutput, build_quantizer
 from ..quantize.base import Unpackable
@@ -76,8 +77,11 @@ class VQModel(PretrainedModel):
 
     # --- sizes ---------------------------------------------------------------------------------
     @property
-    def num_codes(self) -> int:
-        return self.quantizer.num_codes
+    def codebook_size(self) -> int:
+        """N: the number of codebook entries (token ids lie in [0, N))."""
+        return self.quantizer.codebook_size
+
+    num_codes = renamed("codebook_size", "num_codes")
 
     def token_grid(self, image_size: int | tuple[int, int] | None = None) -> tuple[int, int]:
         """Token grid (h, w) for an image size (default: the configured resolution)."""

@@ -44,3 +44,48 @@ def run_ranks():
             p.join(timeout=300)
             assert p.exitcode == 0
     return run
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer():
+    """`tiny_tokenizer(folder=None, resolution=32, ch_mult=(1, 2, 2), codebook_size=32, codebook_dim=16)`:
+    a seeded, untrained LC tokenizer small enough for any test (8 channels, one block per level),
+    saved with `save_pretrained` into `folder` when one is given."""
+    from vqgan_lc.quantize import QuantizerConfig
+    from vqgan_lc.tokenizer.config import AutoencoderConfig, TokenizerConfig
+    from vqgan_lc.tokenizer.model import VQModel
+
+    def build(folder=None, *, resolution: int = 32, ch_mult: tuple[int, ...] = (1, 2, 2), codebook_size: int = 32,
+              codebook_dim: int = 16, seed: int = 0):
+        torch.manual_seed(seed)
+        ae = AutoencoderConfig(resolution=resolution, ch=8, ch_mult=ch_mult, num_res_blocks=1, attn_resolutions=(),
+                               z_channels=8, norm_groups=4)
+        model = VQModel(TokenizerConfig(ae, QuantizerConfig(kind="lc", codebook_size=codebook_size, dim=4,
+                                                            codebook_dim=codebook_dim)))
+        if folder is not None:
+            model.save_pretrained(folder)
+        return model
+    return build
+
+
+@pytest.fixture(scope="session")
+def mounted_tmpfs():
+    """`with mounted_tmpfs(folder, "ro,size=64k"):` a tmpfs mounted on `folder` for the block (a
+    read-only or a tiny file system: what even root cannot write); the test is skipped where
+    mounting is not permitted."""
+    import contextlib
+    import subprocess
+
+    @contextlib.contextmanager
+    def mount(folder, options: str):
+        try:
+            done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(folder)], capture_output=True)
+        except OSError as err:  # no mount program
+            pytest.skip(f"cannot mount here: {err}")
+        if done.returncode != 0:
+            pytest.skip(f"mounting a tmpfs ({options}) is not permitted here: {done.stderr.decode().strip()}")
+        try:
+            yield folder
+        finally:
+            subprocess.run(["umount", str(folder)], check=False)
+    return mount

@@ -3,7 +3,8 @@
 safetensors metadata is a str -> str map; every value is stored JSON-encoded so numbers
 come back as numbers. Typical keys: backbone, layer, input_size, pooling, mode, k, seed,
 inertia, num_images, num_vectors, fingerprint, and for per-class codebooks
-entries_per_class / class_names. The LC quantizer loads the file with `load_codebook`.
+entries_per_class / class_names. `VQModel` (given a path) reads the file with `load_codebook` and
+hands its tensor to the LC quantizer.
 
 Both `save_codebook` and `load_codebook` refuse a codebook no quantizer can use (no entries,
 NaN/inf values, every entry the same vector) and warn when many entries repeat another.

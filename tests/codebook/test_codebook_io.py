@@ -90,19 +90,18 @@ def test_codebook_info_refuses_a_nan_codebook_in_one_line(tmp_path, capsys):
     assert "NaN or infinite values (1 of 6 entries)" in err and "\n" not in err
 
 
-def test_lc_quantizer_refuses_a_degenerate_codebook_file(tmp_path):
-    from vqgan_lc.quantize import QuantizerConfig, build_quantizer
+def test_an_lc_tokenizer_refuses_a_degenerate_codebook_file(tmp_path):
+    from vqgan_lc.tokenizer import VQModel, get_preset
 
     path = _write_raw(tmp_path / "zeros.safetensors", torch.zeros(16, 6))
-    config = QuantizerConfig(kind="lc", codebook_size=16, dim=4, codebook_dim=6)
     with pytest.raises(ValueError, match="all zeros"):
-        build_quantizer(config, str(path))
+        VQModel(get_preset("vqgan-lc-tiny"), str(path))
 
 
 def test_one_entry_and_distinct_entries_pass_without_warning(tmp_path, caplog):
     with caplog.at_level("WARNING", logger="vqgan_lc.codebook.io"):
         save_codebook(tmp_path / "one.safetensors", torch.tensor([[0.5, -1.0]]), {})
-        assert load_codebook(tmp_path / "one.safetensors").size == 1
+        assert load_codebook(tmp_path / "one.safetensors").codebook_size == 1
         # rows equal in their first columns but not everywhere are distinct entries
         vectors = torch.zeros(10, 6)
         vectors[:, 5] = torch.arange(10.0)

@@ -95,8 +95,6 @@ def add_config_flags(parser: argparse.ArgumentParser, config_class, *, skip: tup
     import dataclasses
     import typing
 
-    from ..config import parse_value
-
     hints = typing.get_type_hints(config_class)
     defaults = config_class()
     comments = field_comments(config_class)
@@ -106,20 +104,23 @@ def add_config_flags(parser: argparse.ArgumentParser, config_class, *, skip: tup
         kind, default = hints[f.name], getattr(defaults, f.name)
         text = comments.get(f.name, "").replace("%", "%%")
         if f.name in positional:
-            parser.add_argument(f.name, type=_config_value(kind, parse_value), help=text or None)
+            parser.add_argument(f.name, type=_config_value(kind), help=text or None)
             continue
         flags = ("--" + f.name.replace("_", "-"), *(aliases or {}).get(f.name, ()))
         if kind is bool:
             parser.add_argument(*flags, action=argparse.BooleanOptionalAction, default=default, help=text or None)
         elif f.name in required:
-            parser.add_argument(*flags, type=_config_value(kind, parse_value), required=True, help=text or None)
+            parser.add_argument(*flags, type=_config_value(kind), required=True, help=text or None)
         else:
             shown = "" if default is None or "default" in text else f"default {default!r}".replace("%", "%%")
-            parser.add_argument(*flags, type=_config_value(kind, parse_value), default=default,
+            parser.add_argument(*flags, type=_config_value(kind), default=default,
                                 help=" ".join(filter(None, (text, f"({shown})" if text and shown else shown))) or None)
 
 
-def _config_value(kind, parse_value):
+def _config_value(kind):
+    """An argparse type parsing a field annotated `kind` the way `--set key=value` does."""
+    from ..config import parse_value
+
     def parse(text: str):
         try:
             return parse_value(text, kind)

@@ -190,6 +190,11 @@ CASES = {
     "train-gen-max-steps-0": (["train-gen", "gpt-tiny", "--cache", "{cache}", "--out", "{new}", "--set",
                                "max_steps=0"], "max_steps"),
     # sample
+    # convert: released checkpoints
+    "convert-missing-checkpoint": (["convert", "reference-dit", "{missing}", "--out", "{new}"], "not found"),
+    "convert-not-a-checkpoint": (["convert", "reference-gpt", "{taken}", "--out", "{new}"], "not a loadable torch"),
+    "convert-out-is-file": (["convert", "reference-sit", "{taken}", "--out", "{taken}"], "not a folder"),
+    "convert-out-readonly": (["convert", "reference-ldm", "{taken}", "--out", "{ro}/c"], "read-only"),
     "sample-missing-run": (["sample", "{missing}", "--out", "{new}"], "not a generator run"),
     "sample-empty-run": (["sample", "{empty}", "--out", "{new}"], "not a generator run"),
     "sample-tokenizer-as-run": (["sample", TOK, "--out", "{new}"], "not a generator run"),

@@ -176,8 +176,9 @@ def render(model_type: str, config: dict, *, parameters: int, trainable: int, fr
     """The card's Markdown (front matter included) from plain data: no model or file needed."""
     what, tags = FAMILIES.get(model_type, ("model", []))
     generator = (train_config or {}).get("generator")
-    if isinstance(generator, str) and model_type == "vqgan-lc-dit" and generator.startswith("sit"):
-        tags = [t if t != "dit" else "sit" for t in tags]  # SiT shares DiT's network; its training differs
+    if isinstance(generator, str) and model_type == "vqgan-lc-dit":
+        # DiT and SiT share the network; the last tag names the family the run trained it as
+        tags = [*tags[:-1], generator.split("-", 1)[0]]
     lines = ["---", "library_name: vqgan-lc", f"license: {json.dumps(license)}", "tags:",
              *_yaml_list(["vqgan-lc", *tags, f"arxiv:{PAPER_ARXIV}"]), "---", MARKER, ""]
     title = repo_id or model_type
@@ -194,6 +195,10 @@ def render(model_type: str, config: dict, *, parameters: int, trainable: int, fr
     else:
         rows += _flatten(config)
     lines += _table(rows) + [""]
+    converted = (provenance or {}).get("converted_from")
+    if isinstance(converted, dict):
+        lines += ["## Source", "", "Converted from a released checkpoint (`vqgan-lc convert`):", "",
+                  *_table(list(converted.items())), ""]
     origin = (provenance or {}).get("codebook")
     if model_type == "vqgan-lc-tokenizer":
         lines += ["## Codebook", ""]

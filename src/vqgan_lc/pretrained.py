@@ -51,6 +51,12 @@ MODEL_TYPES: dict[str, str] = {
 }
 
 
+# Folders that hold several models, known by a marker file: "module:Class" with a from_pretrained.
+FOLDER_TYPES: dict[str, str] = {
+    "process.json": "vqgan_lc.generate.pipeline:GenerationPipeline",  # generator + tokenizer + sampling process
+}
+
+
 def model_class(model_type: str) -> type["PretrainedModel"]:
     if model_type not in MODEL_TYPES:
         raise ValueError(f"unknown model_type {model_type!r}; known: {', '.join(sorted(MODEL_TYPES))}")
@@ -304,6 +310,12 @@ class PretrainedModel(nn.Module):
 def load_pretrained(name_or_path: str | os.PathLike, map_location: str | torch.device = "cpu", *,
                     revision: str | None = None) -> PretrainedModel:
     """Load whatever model a folder (or a Hugging Face hub id `org/name`) holds, by the
-    `model_type` in its config.json."""
+    `model_type` in its config.json; a folder of several models by its marker file (a
+    generator pipeline folder gives a `GenerationPipeline`)."""
+    local = Path(name_or_path)
+    for marker, target in FOLDER_TYPES.items():
+        if (local / marker).is_file():
+            module, name = target.split(":")
+            return getattr(importlib.import_module(module), name).from_pretrained(local, map_location)
     directory = resolve_pretrained(name_or_path, revision)
     return model_class(read_config_file(directory)["model_type"]).from_pretrained(directory, map_location)

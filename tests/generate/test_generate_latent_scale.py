@@ -1,4 +1,4 @@
-"""A measured latent scale: stored in the tokenizer only on request, then train-gen's default."""
+"""A measured latent scale: stored in the cache only on request, then train-gen's default; the tokenizer is never written."""
 import json
 import shutil
 
@@ -8,8 +8,8 @@ import torch
 from PIL import Image
 
 from vqgan_lc.cli import main
-from vqgan_lc.generate.cache import (CacheConfig, build_cache, latent_stats, measure_latent_scale, open_cache,
-                                     tokenizer_latent_scale)
+from vqgan_lc.generate.cache import (SCALE_NAME, CacheConfig, build_cache, default_latent_scale, latent_stats,
+                                     open_cache, write_latent_scale)
 from vqgan_lc.generate.training import generator_config, read_generator_run, train_generator
 from vqgan_lc.quantize import QuantizerConfig
 from vqgan_lc.tokenizer.config import AutoencoderConfig, TokenizerConfig
@@ -57,22 +57,20 @@ def test_tokenizer_config_latent_scale_field():
 
 def test_scale_is_written_only_on_request_and_becomes_the_generator_default(setup):
     store = _cache(setup)
-    assert VQModel.read_config(setup / "tok").latent_scale is None  # not asked: the tokenizer is untouched
-    assert tokenizer_latent_scale(store) is None
+    tokenizer_files = {p.name: p.read_bytes() for p in (setup / "tok").iterdir()}
+    assert default_latent_scale(store) is None
     assert generator_config("dit-tiny", str(setup / "latents"), str(setup / "run"), DIT).latent_scale == 1.0
 
-    before = VQModel.from_pretrained(setup / "tok").state_dict()
-    scale = measure_latent_scale(setup / "latents", setup / "tok")
+    scale = write_latent_scale(setup / "latents")
     stats = latent_stats(store)
     assert scale == pytest.approx(stats["scale"]) and scale != 1.0
     flat = np.asarray(store.rows("latents")[:], dtype=np.float64)
     assert scale == pytest.approx(1.0 / flat.std(), rel=1e-6)  # 1 / std over every cached value
-    after = VQModel.from_pretrained(setup / "tok")  # through the shared save path: still loads, same weights
-    assert after.config.latent_scale == pytest.approx(scale)
-    assert all(torch.equal(before[k], v) for k, v in after.state_dict().items())
-    assert json.loads((setup / "tok" / "config.json").read_text())["latent_scale"] == pytest.approx(scale)
+    assert json.loads((setup / "latents" / SCALE_NAME).read_text())["latent_scale"] == pytest.approx(scale)
+    # the input tokenizer is byte for byte what it was
+    assert {p.name: p.read_bytes() for p in (setup / "tok").iterdir()} == tokenizer_files
 
-    assert tokenizer_latent_scale(open_cache(str(setup / "latents"))) == pytest.approx(scale)
+    assert default_latent_scale(open_cache(str(setup / "latents"))) == pytest.approx(scale)
     config = generator_config("sit-tiny", str(setup / "latents"), str(setup / "run"), DIT)
     assert config.latent_scale == pytest.approx(scale)
     assert generator_config("dit-tiny", str(setup / "latents"), str(setup / "o"), [*DIT, "latent_scale=2"]
@@ -84,32 +82,41 @@ def test_scale_is_written_only_on_request_and_becomes_the_generator_default(setu
     assert read_generator_run(setup / "run").latent_scale == pytest.approx(scale)
 
 
-def test_scale_is_ignored_when_the_tokenizer_folder_changed(setup):
-    _cache(setup)
-    measure_latent_scale(setup / "latents", setup / "tok")
-    store = open_cache(str(setup / "latents"))
+def test_cli_write_scale_writes_into_the_cache_not_the_tokenizer(setup, capsys):
+    before = (setup / "tok" / "config.json").read_bytes()
+    assert main(["cache", "latents", str(setup / "tok"), "--data", str(setup / "data"), "--out",
+                 str(setup / "latents"), "--workers", "0", "--write-scale"]) == 0
+    assert (setup / "tok" / "config.json").read_bytes() == before
+    assert (setup / "latents" / SCALE_NAME).is_file()
+    assert SCALE_NAME in capsys.readouterr().out
+
+
+def test_a_scale_an_earlier_version_stored_in_the_tokenizer_is_still_the_default(setup):
+    """Tokenizers written by earlier versions with `--write-scale` keep their scale as the default,
+    as long as the folder still holds the tokenizer that encoded the cache."""
+    store = _cache(setup)
+    model = VQModel.from_pretrained(setup / "tok")
+    model.config.latent_scale = 0.5
+    model.save_pretrained(setup / "tok")
+    assert default_latent_scale(open_cache(str(setup / "latents"))) == 0.5
     other = _tokenizer(seed=1)
     other.config.autoencoder.z_channels = 16  # another architecture now sits in the folder
+    other.config.latent_scale = 0.5
     VQModel(other.config).save_pretrained(setup / "tok")
-    assert tokenizer_latent_scale(store) is None
-    with pytest.raises(ValueError, match="another tokenizer"):
-        measure_latent_scale(setup / "latents", setup / "tok")
+    assert default_latent_scale(store) is None
     shutil.rmtree(setup / "tok")  # a moved tokenizer: back to the paper's unscaled default
     assert generator_config("dit-tiny", str(setup / "latents"), str(setup / "run"), DIT).latent_scale == 1.0
 
 
-def test_cli_write_scale_flag(setup, capsys):
+def test_cli_write_scale_is_repeatable_and_refused_for_token_caches(setup, capsys):
     args = ["cache", "latents", str(setup / "tok"), "--data", str(setup / "data"), "--out", str(setup / "c"),
             "--workers", "0", "--write-scale"]
     assert main(args) == 0
-    assert "latent_scale" in capsys.readouterr().out
-    scale = VQModel.read_config(setup / "tok").latent_scale
     stats = json.loads((setup / "c" / "latent_stats.json").read_text())
-    assert scale == pytest.approx(stats["scale"])
+    assert json.loads((setup / "c" / SCALE_NAME).read_text())["latent_scale"] == pytest.approx(stats["scale"])
     # the same command again reuses the finished cache: the stored scale does not make it "another job"
     assert main(args) == 0
-    assert VQModel.read_config(setup / "tok").latent_scale == pytest.approx(scale)
-    err = capsys.readouterr().err
+    capsys.readouterr()
     assert main(["cache", "tokens", str(setup / "tok"), "--data", str(setup / "data"), "--out",
                  str(setup / "t"), "--workers", "0", "--write-scale"]) == 2
-    assert "--write-scale" in capsys.readouterr().err and "error" not in err
+    assert "--write-scale" in capsys.readouterr().err

@@ -1,12 +1,12 @@
-"""generate/sample.py's latent path: classifier-free guidance reaches every latent channel, for every family."""
+"""The latent families' sampling path: classifier-free guidance reaches every latent channel, for every family."""
 from types import SimpleNamespace
 
 import pytest
 import torch
 from torch import nn
 
-from vqgan_lc.generate.sample import _sample_latents
-from vqgan_lc.generate.training import GeneratorTrainConfig
+from vqgan_lc.generate.families import SampleRequest, get_family
+from vqgan_lc.generate.pipeline import GenerationPipeline, ProcessConfig
 
 CHANNELS, NUM_CLASSES, SCALE = 4, 3, 3.0
 
@@ -50,13 +50,15 @@ SETTINGS = {"dit": ("ddpm", 5, True), "ldm": ("ddim", 5, False), "sit": ("heun",
 @pytest.mark.parametrize("family", sorted(SETTINGS))
 def test_guidance_reaches_every_latent_channel_through_the_sampler(family):
     method, steps, learn_sigma = SETTINGS[family]
-    train_cfg = GeneratorTrainConfig(generator=f"{family}-tiny", diffusion_steps=100, latent_scale=2.0)
+    record = get_family(family)
+    process = record.build_process(_process(family, 2.0))
     labels = torch.tensor([0, 2, 1])
     shape = (CHANNELS, 2, 2)
 
     def draw(model, scale):
         rng = torch.Generator().manual_seed(0)
-        return _sample_latents(family, model.eval(), train_cfg, labels, shape, method, steps, scale, rng)
+        drawn = record.sample(model.eval(), process, labels, SampleRequest(method, steps, cfg_scale=scale), shape, rng)
+        return drawn.latents, drawn.nfe
 
     guided, nfe = draw(StubModel(learn_sigma), SCALE)
     expected, _ = draw(StubModel(learn_sigma, guide_inside=True), 1.0)
@@ -71,13 +73,17 @@ def test_guidance_reaches_every_latent_channel_through_the_sampler(family):
     assert bool((moved > 1e-3).all()), moved
 
 
+def _process(family: str, latent_scale: float) -> ProcessConfig:
+    return ProcessConfig(family=family, diffusion_steps=100, latent_scale=latent_scale, grid=(2, 2),
+                         latent_dim=CHANNELS, codebook_size=8, num_classes=NUM_CLASSES)
+
+
 def test_sampled_latents_come_back_in_the_tokenizer_scale():
-    """Training multiplies latents by latent_scale; the sampler divides it back out."""
+    """Training multiplies latents by latent_scale; the pipeline divides it back out."""
     labels = torch.tensor([1, 1])
     results = []
     for scale in (1.0, 4.0):
-        cfg = GeneratorTrainConfig(generator="sit-tiny", latent_scale=scale)
-        x, _ = _sample_latents("sit", StubModel(False).eval(), cfg, labels, (CHANNELS, 2, 2), "euler", 3, 1.0,
-                               torch.Generator().manual_seed(0))
-        results.append(x * scale)
+        pipeline = GenerationPipeline(StubModel(False).eval(), None, _process("sit", scale))
+        drawn = pipeline.draw(labels, SampleRequest("euler", 3), torch.Generator().manual_seed(0))
+        results.append(drawn.latents * scale)
     torch.testing.assert_close(results[0], results[1])

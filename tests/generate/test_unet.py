@@ -118,7 +118,7 @@ def test_presets_build_and_serialise():
 @pytest.mark.parametrize("overrides", [
     dict(channel_mult=()),
     dict(channel_mult=(1, 2, 2, 2, 2)),                  # factor 16 does not divide input_size 8
-    dict(attention_resolutions=(8,)),
+    dict(attention_resolutions=(0,)),                    # not a downsample factor at all
     dict(num_heads=3),
     dict(norm_groups=5),
     dict(class_dropout=1.0),

@@ -12,10 +12,10 @@ import logging
 import os
 import sys
 
-from . import classify, codebook, demo, generate, plot, study, tokenizer
+from . import classify, codebook, convert, demo, generate, plot, study, tokenizer
 from .common import OneLineParser
 
-STAGES = (tokenizer, codebook, generate, classify, study, plot, demo)
+STAGES = (tokenizer, codebook, generate, convert, classify, study, plot, demo)
 
 # Errors that end a command with one line on stderr and exit status 2 (no traceback).
 USER_ERRORS = (ValueError, FileNotFoundError, RuntimeError, FloatingPointError, OSError)

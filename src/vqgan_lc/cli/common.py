@@ -180,6 +180,19 @@ RESUME_SAFE_FIELDS = ("max_steps", "epochs", "save_every", "log_every", "image_e
                       "device", "out_dir")
 
 
+def is_generator_run(folder: str) -> bool:
+    """A train-gen run folder (its train_config.json names a generator preset)."""
+    import json
+    import os
+
+    try:
+        with open(os.path.join(folder, "train_config.json"), encoding="utf-8") as f:
+            saved = json.load(f)
+    except (OSError, ValueError):
+        return False
+    return isinstance(saved, dict) and "generator" in saved
+
+
 def refuse_other_family(run: str, generator: bool) -> None:
     """`train --resume` of a generator run (or the reverse): one line naming the right command,
     instead of the other config class's list of unknown fields."""

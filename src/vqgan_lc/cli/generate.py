@@ -1,8 +1,9 @@
-"""Generator commands: cache, train-gen, sample, eval-gen.
+"""Generator commands: cache, train-gen, export, sample, eval-gen.
 
     vqgan-lc cache tokens|latents TOKENIZER --data DIR --out CACHE [--flip] [--write-scale]
     vqgan-lc train-gen gpt-tiny|dit-tiny|sit-tiny|ldm-tiny --cache CACHE --out RUN [--set key=value ...]
-    vqgan-lc sample RUN --classes 0,1,2 --per-class 8 --cfg-scale 2 --out DIR
+    vqgan-lc export RUN --out PIPELINE [--tokenizer-hub-id ORG/NAME]   (the command lives in cli/tokenizer.py)
+    vqgan-lc sample PIPELINE|RUN --classes 0,1,2 --per-class 8 --cfg-scale 2 --out DIR [--npz]
     vqgan-lc eval-gen SAMPLES --reference DIR --out OUT
 """
 from __future__ import annotations
@@ -31,8 +32,8 @@ def register(sub) -> None:
     p.add_argument("--data", required=True, help="image folder (class sub-folders -> labels), .txt list, or 'demo'")
     p.add_argument("--out", required=True, help="cache folder (resumable; under torchrun each rank encodes a slice)")
     p.add_argument("--flip", action="store_true", help="also store each image's horizontal mirror")
-    p.add_argument("--write-scale", action="store_true", help="latents: write the measured 1/std into the "
-                   "tokenizer's config.json as latent_scale, which train-gen then uses by default (the paper: unscaled)")
+    p.add_argument("--write-scale", action="store_true", help="latents: store the measured 1/std in the cache as "
+                   "train-gen's default latent_scale for it (the paper: unscaled); the tokenizer is not written to")
     p.add_argument("--batch-size", type=common.positive_int, default=32)
     p.add_argument("--workers", type=int, default=2, help="image-decoding processes")
     p.set_defaults(func=cache)
@@ -46,21 +47,29 @@ def register(sub) -> None:
     p.add_argument("--resume", metavar="RUN", help="continue this run exactly where it stopped, with its saved configuration")
     p.set_defaults(func=train_gen)
 
-    p = sub.add_parser("sample", help="sample a generator run into PNGs, a grid and token ids",
-                       parents=[common.parent(common.device)])
-    p.add_argument("run", help="generator run folder (train-gen --out)")
-    p.add_argument("--out", required=True)
-    p.add_argument("--classes", type=_classes, default=(), help="comma-separated class ids (default: every class)")
+    p = sub.add_parser("sample", help="sample a generator into PNGs and/or an ADM npz batch, a grid and token ids "
+                       "(any count; sharded under torchrun; resumable)", parents=[common.parent(common.device)],
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("run", help="pipeline folder (vqgan-lc export, or a finished train-gen run), hub id, or run folder")
+    p.add_argument("--out", required=True, help="samples folder: empty, or holding this same sampling (resumed)")
+    p.add_argument("--overwrite", action="store_true", help="clear --out first when it holds anything else")
+    p.add_argument("--fid-protocol", action="store_true", help="the paper's FID protocol: 50 samples of every class")
+    p.add_argument("--npz", action="store_true", help="also write samples.npz, the ADM suite's sample batch "
+                   "(arr_0 uint8 N x H x W x 3, arr_1 labels)")
+    p.add_argument("--no-png", action="store_true", help="write no PNG per sample (with --npz)")
+    p.add_argument("--classes", type=_classes, default=(), help="comma-separated class ids (empty: every class)")
     p.add_argument("--per-class", type=common.positive_int, default=4)
     p.add_argument("--cfg-scale", type=float, default=1.0, help="classifier-free guidance scale (1: none)")
     p.add_argument("--temperature", type=float, default=1.0, help="gpt")
-    p.add_argument("--top-k", type=int, help="gpt: default 10%% of the vocabulary (the paper); 0 disables")
+    p.add_argument("--top-k", type=int, help="gpt: None is 10%% of the vocabulary (the paper); 0 disables")
     p.add_argument("--top-p", type=float, help="gpt: nucleus sampling")
-    p.add_argument("--method", help="dit/ldm: ddpm | ddim; sit: dopri5 | heun | euler | sde")
-    p.add_argument("--steps", type=common.positive_int, help="sampling steps (default: 250 DDPM, 200 DDIM, 50 Heun)")
+    p.add_argument("--method", help="dit: ddpm | ddim; ldm: ddim | ddpm; sit: dopri5 | heun | euler | sde "
+                   "(None: the first, or the pipeline's)")
+    p.add_argument("--steps", type=common.positive_int, help="sampling steps (None: 250 DDPM, 200 DDIM, 50 Heun; "
+                   "dopri5 is adaptive and takes none)")
     p.add_argument("--no-snap", action="store_true", help="decode latents as sampled, without snapping to the codebook")
     p.add_argument("--batch-size", type=common.positive_int, default=32)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="sample i draws from its own generator seeded by (seed, i)")
     p.set_defaults(func=sample)
 
     p = sub.add_parser("eval-gen", help="score samples: FD-lite0 (and FID) against real images, class consistency, "
@@ -83,9 +92,9 @@ def cache(args) -> int:
     if store is not None:
         print(f"{store.num_items} images encoded into {args.kind} of shape {store.item_shape(args.kind)} -> {args.out}")
         if args.write_scale:
-            from ..tokenizer.model import VQModel
-            print(f"latent_scale {VQModel.read_config(args.tokenizer).latent_scale:.6g} written to "
-                  f"{args.tokenizer}/config.json")
+            from ..generate.cache import SCALE_NAME, default_latent_scale
+            print(f"latent_scale {default_latent_scale(store):.6g} written to {args.out}/{SCALE_NAME} "
+                  "(train-gen's default for this cache)")
     return 0
 
 
@@ -109,15 +118,29 @@ def train_gen(args) -> int:
     return 0
 
 
+def export_pipeline(args) -> int:
+    """`vqgan-lc export RUN --out DIR` for a generator run (the tokenizer export shares the command)."""
+    from ..generate.pipeline import export_run
+    common.writable_out(args.out, "pipeline folder")
+    folder = export_run(args.checkpoint, args.out, tokenizer_hub_id=args.tokenizer_hub_id)
+    print(f"pipeline folder written: {folder} (generator/, {'tokenizer ' + args.tokenizer_hub_id if args.tokenizer_hub_id else 'tokenizer/'}, "
+          "process.json); sample it with `vqgan-lc sample " f"{folder} --out SAMPLES`")
+    return 0
+
+
 def sample(args) -> int:
     from ..generate.sample import SampleConfig, sample_run
-    config = SampleConfig(run=args.run, out=args.out, classes=args.classes, per_class=args.per_class,
+    config = SampleConfig(run=args.run, out=args.out, classes=args.classes, per_class=50 if args.fid_protocol and
+                          args.per_class == 4 else args.per_class, fid_protocol=args.fid_protocol,
                           cfg_scale=args.cfg_scale, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-                          method=args.method, steps=args.steps, snap=not args.no_snap, batch_size=args.batch_size,
-                          seed=args.seed, device=args.device)
+                          method=args.method, steps=args.steps, snap=not args.no_snap, png=not args.no_png,
+                          npz=args.npz, batch_size=args.batch_size, seed=args.seed, overwrite=args.overwrite,
+                          device=args.device)
     report = sample_run(config)
-    print(f"{report['num_samples']} samples ({report['method']}, guidance {report['guidance_scale']}) -> {args.out}; "
-          f"utilization of the generated tokens {100 * report['utilization']:.1f}% of {report['codebook_size']}")
+    if report:  # rank 0
+        print(f"{report['num_samples']} samples ({report['method']}, guidance {report['guidance_scale']}) -> "
+              f"{args.out}; utilization of the generated tokens {100 * report['utilization']:.1f}% of "
+              f"{report['codebook_size']}")
     return 0
 
 

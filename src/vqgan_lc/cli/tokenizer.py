@@ -40,8 +40,11 @@ def register(sub) -> None:
     p = sub.add_parser("decode", help="token ids (.npy) -> images (.png)", parents=[files])
     p.add_argument("indices", nargs="+")
     p.set_defaults(func=decode)
-    p = sub.add_parser("export", help="inference export: keep only the projected N x D' codebook",
+    p = sub.add_parser("export", help="a tokenizer: inference export keeping only the projected N x D' codebook; "
+                       "a generator run: its portable pipeline folder (generator/, tokenizer/, process.json)",
                        parents=[common.parent(common.checkpoint, common.out)])
+    p.add_argument("--tokenizer-hub-id", metavar="ORG/NAME", help="generator runs: name the tokenizer by this hub "
+                   "id in process.json instead of copying it into the folder")
     p.set_defaults(func=export)
 
     p = sub.add_parser("presets", help="list tokenizer, generator presets and training recipes")
@@ -126,6 +129,14 @@ def decode(args) -> int:
 
 
 def export(args) -> int:
+    from pathlib import Path
+
+    from ..generate.pipeline import PROCESS_NAME
+    if (Path(args.checkpoint) / PROCESS_NAME).is_file() or common.is_generator_run(args.checkpoint):
+        from .generate import export_pipeline
+        return export_pipeline(args)
+    if args.tokenizer_hub_id:
+        raise ValueError("--tokenizer-hub-id applies to generator runs; a tokenizer export holds its own weights")
     from ..tokenizer.checkpoint import export_for_inference
     common.writable_out(args.out)
     model = _load(args.checkpoint, "cpu")

@@ -4,8 +4,8 @@
 (what GPT trains on); `cache latents` stores the quant_conv output (D', h, w), the continuous
 latents LDM/DiT/SiT model, unscaled (the paper's choice) — per-channel statistics measured on
 the cache are stored beside it (`latent_stats.json`) for a generator that wants a scale.
-`--write-scale` also writes the measured 1/std into the tokenizer's config (`latent_scale`),
-from where `train-gen` takes it as its default `latent_scale` for caches of that tokenizer.
+`--write-scale` also stores the measured 1/std as the cache's own `latent_scale.json`, from
+where `train-gen` takes it as its default `latent_scale` (the tokenizer is never written to).
 `--flip` also stores each image's horizontal mirror, and training picks one of the two per
 item and epoch (seeded, so a resumed run sees the same choice).
 
@@ -32,6 +32,7 @@ from ..data.encoded import open_encoded_cache as open_cache
 from ..files import atomic_write_json
 
 STATS_NAME = "latent_stats.json"
+SCALE_NAME = "latent_scale.json"  # written on request: makes the measured scale train-gen's default
 
 
 @dataclass
@@ -47,7 +48,7 @@ class CacheConfig(Config):
     shard_mb: float = 256
     device: str = "auto"
     progress: bool = True
-    write_scale: bool = False       # latents: store the measured scale in the tokenizer's config.json
+    write_scale: bool = False       # latents: make the measured scale train-gen's default for this cache
 
     def check(self) -> None:
         if not (self.tokenizer and self.data and self.out):
@@ -67,6 +68,7 @@ def build_cache(config: CacheConfig) -> CacheStore | None:
     from ..data import build_dataset
     from ..files import check_writable_dir
     from ..tokenizer.model import VQModel
+    from ..tokenizer.fingerprint import tokenizer_fingerprint
 
     config.validate()
     check_writable_dir(config.out, "cache folder")
@@ -93,13 +95,14 @@ def build_cache(config: CacheConfig) -> CacheStore | None:
     header = {"kind": config.kind, "tokenizer": os.path.abspath(config.tokenizer), "data": str(config.data),
               "image_size": size, "grid": list(grid), "flip": config.flip,
               "codebook_size": model.num_codes, "latent_dim": model.quantizer.dim,
-              "tokenizer_config": _encoding_config(model.config.to_dict())}
+              "tokenizer_config": _encoding_config(model.config.to_dict()),
+              "tokenizer_fingerprint": tokenizer_fingerprint(config.tokenizer)}
     store = write_cache(dataset, encode, config.out, header=header, batch_size=config.batch_size,
                         num_workers=config.workers, shard_mb=config.shard_mb, progress=config.progress)
     if store is not None and config.kind == "latents" and env.is_main:
         atomic_write_json(Path(config.out) / STATS_NAME, latent_stats(store))
         if config.write_scale:
-            measure_latent_scale(config.out, config.tokenizer)
+            write_latent_scale(config.out)
     distributed.barrier()
     return store
 
@@ -111,46 +114,48 @@ def _encoding_config(tokenizer_config: dict) -> dict:
     return {k: v for k, v in tokenizer_config.items() if k != "latent_scale"}
 
 
-def measure_latent_scale(cache_folder: str | os.PathLike, tokenizer_folder: str | os.PathLike) -> float:
-    """Store the scale measured on a latent cache (1 / overall std, see `latent_stats`) as the
-    `latent_scale` of the tokenizer that encoded it, through the shared save path; returns it.
+def write_latent_scale(cache_folder: str | os.PathLike) -> float:
+    """Store the scale measured on a latent cache (1 / overall std, see `latent_stats`) in the
+    cache as train-gen's default `latent_scale` for it; returns it.
 
-    Only called on request (`vqgan-lc cache latents ... --write-scale`): the paper trains its
-    generators on unscaled latents, and a scale in the tokenizer becomes train-gen's default."""
-    from ..tokenizer.model import VQModel
-
+    Only on request (`vqgan-lc cache latents ... --write-scale`): the paper trains its
+    generators on unscaled latents."""
     store = open_cache(str(cache_folder))
     if store.header.get("kind") != "latents":
         raise ValueError(f"{cache_folder} holds token ids; a latent scale is measured on `vqgan-lc cache latents`")
-    model = VQModel.from_pretrained(tokenizer_folder)
-    if not _same_encoder(store.header.get("tokenizer_config", {}), model.config.to_dict()):
-        raise ValueError(f"{cache_folder} was encoded by another tokenizer than {tokenizer_folder}; measure the "
-                         "scale on a cache of this tokenizer")
     stats_path = Path(cache_folder) / STATS_NAME
     stats = json.loads(stats_path.read_text()) if stats_path.is_file() else latent_stats(store)
-    model.config.latent_scale = float(stats["scale"])
-    model.config.validate()
-    model.save_pretrained(tokenizer_folder)
-    return model.config.latent_scale
+    scale = float(stats["scale"])
+    atomic_write_json(Path(cache_folder) / SCALE_NAME, {"latent_scale": scale})
+    return scale
 
 
-def tokenizer_latent_scale(store: CacheStore) -> float | None:
-    """The `latent_scale` stored in the config of the tokenizer that encoded a latent cache
-    (the folder named in the cache's header), or None when it has none, is gone, or no longer
-    holds the tokenizer that encoded the cache (a scale of other latents would be wrong)."""
+def default_latent_scale(store: CacheStore) -> float | None:
+    """train-gen's default `latent_scale` for a latent cache: the one stored in the cache by
+    `--write-scale`; else one an earlier version stored in the tokenizer's config (read only if
+    that folder still holds the tokenizer that encoded the cache); else None (unscaled)."""
     from ..pretrained import CONFIG_NAME
     from ..tokenizer.model import VQModel
 
+    if store.header.get("kind") != "latents":
+        return None
+    stored = Path(store.folder) / SCALE_NAME
+    if stored.is_file():
+        try:
+            return float(json.loads(stored.read_text())["latent_scale"])
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+            raise ValueError(f"{stored} is unreadable; run `vqgan-lc cache latents ... --write-scale` again "
+                             "or delete it") from None
     folder = store.header.get("tokenizer")
-    if store.header.get("kind") != "latents" or not folder or not (Path(folder) / CONFIG_NAME).is_file():
+    if not folder or not (Path(folder) / CONFIG_NAME).is_file():
         return None
     config = VQModel.read_config(folder)
-    if not _same_encoder(store.header.get("tokenizer_config", {}), config.to_dict()):
+    if not same_encoder(store.header.get("tokenizer_config", {}), config.to_dict()):
         return None
     return config.latent_scale
 
 
-def _same_encoder(a: dict, b: dict) -> bool:
+def same_encoder(a: dict, b: dict) -> bool:
     """Two tokenizer configs (one may come from JSON) that encode alike, whatever their latent statistics."""
     from ..tokenizer.config import TokenizerConfig
 

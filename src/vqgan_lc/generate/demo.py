@@ -32,10 +32,11 @@ import numpy as np
 from ..config import Config
 from ..data.demo import write_mnist_folder
 from ..files import atomic_write_json, atomic_write_text
+from .families import FAMILIES, get_family
 
 log = logging.getLogger("vqgan_lc.demo")
 
-GENERATORS = ("gpt", "dit", "sit", "ldm")
+GENERATORS = tuple(FAMILIES)
 TOKENIZERS = {"lc": "vqgan-lc", "vq": "vqgan"}
 
 
@@ -138,8 +139,7 @@ def run_generation_demo(cfg: GenerationDemoConfig) -> dict:
         t0 = time.perf_counter()
         tokenizer = _train_tokenizer(cfg, kind, data, codebook if kind == "lc" else None, out / "tokenizers" / name)
         lap(f"tokenizer {name}", t0)
-        needs = {"tokens"} if "gpt" in cfg.generators else set()
-        needs |= {"latents"} if set(cfg.generators) - {"gpt"} else set()
+        needs = {get_family(family).data_kind for family in cfg.generators}
         caches = {}
         for cache_kind in sorted(needs):
             folder = out / "caches" / f"{name}-{cache_kind}"
@@ -151,12 +151,13 @@ def run_generation_demo(cfg: GenerationDemoConfig) -> dict:
             t0 = time.perf_counter()
             run_name = f"{family}-{'lc' if kind == 'lc' else 'vqgan'}"
             run_dir = out / "runs" / run_name
-            cache = caches["tokens" if family == "gpt" else "latents"]
+            latent = get_family(family).data_kind == "latents"
+            cache = caches[get_family(family).data_kind]
             steps = cfg.generator_steps[family]
             overrides = [f"max_steps={steps}", f"batch_size={cfg.generator_batch}", f"lr={cfg.generator_lr[family]}",
                          f"seed={cfg.seed}", f"save_every={steps}", f"log_every={max(steps // 20, 1)}",
                          "warmup_epochs=0.5"]
-            if family != "gpt":
+            if latent:
                 overrides.append("ema_decay=0.995")  # a few thousand steps: 0.9999 would barely move
             if not (run_dir / "generator" / "model.safetensors").is_file():
                 train_generator(generator_config(f"{family}-tiny", str(cache), str(run_dir), overrides), progress=False)
@@ -168,7 +169,8 @@ def run_generation_demo(cfg: GenerationDemoConfig) -> dict:
                 samples = out / "samples" / (run_name if guided else f"{run_name}-noguidance")
                 method, sampler_steps = cfg.sampler[family]
                 sample_run(SampleConfig(run=str(run_dir), out=str(samples), per_class=cfg.samples_per_class,
-                                        cfg_scale=scale, seed=cfg.seed, steps=sampler_steps, method=method))
+                                        cfg_scale=scale, seed=cfg.seed, steps=sampler_steps, method=method,
+                                        overwrite=True, progress=False))
                 scores = evaluate_samples(GenEvalConfig(samples=str(samples), reference=str(data),
                                                         out=str(samples / "eval"), fid="off", progress=False,
                                                         fd_image_size=cfg.fd_image_size, cache_dir=str(out / "cache")))
@@ -177,7 +179,7 @@ def run_generation_demo(cfg: GenerationDemoConfig) -> dict:
                     "guidance_scale", "classifier_accuracy", "class_consistency_per_class")}
                 entry["guided" if guided else "unguided"]["samples"] = str(samples)
                 lap(f"sample+eval {run_name} {'guided' if guided else 'unguided'}", t0)
-            if family != "gpt":  # continuous latents: what snapping them to the codebook costs
+            if latent:  # continuous latents: what snapping them to the codebook costs
                 t0 = time.perf_counter()
                 entry["guided_nosnap"] = _unsnapped_rerun(cfg, run_dir, entry["guided"], data, out)
                 entry.update(_snap_cost(entry["guided"], entry["guided_nosnap"]))
@@ -209,7 +211,7 @@ def _unsnapped_rerun(cfg: GenerationDemoConfig, run_dir: Path, snapped: dict, da
     samples = snapped_dir.with_name(snapped_dir.name + "-nosnap")
     sample_run(SampleConfig(run=str(run_dir), out=str(samples), classes=tuple(done["classes"]),
                             per_class=done["per_class"], cfg_scale=done["guidance_scale"], method=done["method"],
-                            steps=done["steps"], seed=done["seed"], snap=False))
+                            steps=done["steps"], seed=done["seed"], snap=False, overwrite=True, progress=False))
     scores = evaluate_samples(GenEvalConfig(samples=str(samples), reference=str(data), out=str(samples / "eval"),
                                             fid="off", progress=False, fd_image_size=cfg.fd_image_size,
                                             cache_dir=str(out / "cache")))

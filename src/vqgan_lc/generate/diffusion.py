@@ -15,6 +15,7 @@ products drift) and cast to float32 when gathered.
 """
 from __future__ import annotations
 
+import copy
 import math
 from typing import Callable
 
@@ -22,6 +23,7 @@ import torch
 from torch import nn
 
 from .guidance import guided
+from .noise import randn
 
 Model = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -69,6 +71,43 @@ def spaced_steps(num_timesteps: int, steps: int) -> torch.Tensor:
     return torch.round(torch.arange(steps, dtype=torch.float64) * (num_timesteps - 1) / (steps - 1)).long()
 
 
+# preset -> (beta schedule, beta_start, beta_end at 1000 steps, learned sigma, rescale betas by 1000/T)
+SCHEDULE_PRESETS = {
+    "dit": ("linear", 1e-4, 0.02, True, True),            # DiT / ADM
+    "ldm": ("scaled_linear", 0.0015, 0.0195, False, False),  # latent diffusion
+}
+
+
+GRIDS = ("even", "dit", "ldm")
+FINAL_ALPHA_BARS = ("one", "grid")
+
+
+def dit_spaced_steps(num_timesteps: int, steps: int) -> torch.Tensor:
+    """DiT's respacing (one section): a float stride (T-1)/(steps-1) accumulated step by step and
+    each position rounded half to even. Equal to `spaced_steps` for 250 of 1000 steps; for some
+    other counts the accumulated rounding picks a neighbouring step (21 of 1000: 499 where an even
+    spread has 500)."""
+    if not 2 <= steps <= num_timesteps:
+        raise ValueError(f"the dit grid needs 2 <= steps <= {num_timesteps} (the schedule length), got {steps}")
+    stride, position, kept = (num_timesteps - 1) / (steps - 1), 0.0, []
+    for _ in range(steps):
+        kept.append(round(position))
+        position += stride
+    return torch.tensor(kept)
+
+
+def ldm_ddim_steps(num_timesteps: int, steps: int) -> torch.Tensor:
+    """LDM's uniform DDIM grid: every (T // steps)-th step from 0, each shifted by one
+    (T = 1000, 200 steps: 1, 6, ..., 996). Step T-1 is never visited."""
+    if not 1 <= steps < num_timesteps:
+        raise ValueError(f"the ldm grid needs 1 <= steps < {num_timesteps} (the schedule length), got {steps}")
+    stride = num_timesteps // steps
+    kept = torch.arange(0, num_timesteps, stride) + 1
+    if int(kept[-1]) >= num_timesteps:
+        raise ValueError(f"the ldm grid of {steps} steps over {num_timesteps} runs past the schedule; use fewer steps")
+    return kept
+
+
 class GaussianDiffusion:
     """The DDPM forward process of one beta schedule, its loss and its samplers.
 
@@ -92,14 +131,12 @@ class GaussianDiffusion:
         """A named schedule. dit: linear 1e-4 -> 0.02 at 1000 steps (scaled by 1000/T for other T),
         learned sigma; ldm: LDM's sqrt-linear 0.0015 -> 0.0195, fixed variance.
         `learn_sigma` overrides the preset's choice."""
-        if name == "dit":
-            scale = 1000 / num_timesteps  # keeps the total noise of the schedule when T changes
-            sigma = True if learn_sigma is None else learn_sigma
-            return cls(num_timesteps, "linear", 1e-4 * scale, 0.02 * scale, learn_sigma=sigma)
-        if name == "ldm":
-            sigma = False if learn_sigma is None else learn_sigma
-            return cls(num_timesteps, "scaled_linear", 0.0015, 0.0195, learn_sigma=sigma)
-        raise ValueError(f"unknown diffusion preset {name!r}; available: dit, ldm")
+        if name not in SCHEDULE_PRESETS:
+            raise ValueError(f"unknown diffusion preset {name!r}; available: {', '.join(SCHEDULE_PRESETS)}")
+        schedule, beta_start, beta_end, sigma, rescale = SCHEDULE_PRESETS[name]
+        scale = 1000 / num_timesteps if rescale else 1.0  # keeps the total noise of the schedule when T changes
+        return cls(num_timesteps, schedule, beta_start * scale, beta_end * scale,
+                   learn_sigma=sigma if learn_sigma is None else learn_sigma)
 
     def _setup(self, betas: torch.Tensor, timestep_map: torch.Tensor, learn_sigma: bool) -> None:
         """Every schedule-derived array, in float64, from the betas."""
@@ -214,12 +251,21 @@ class GaussianDiffusion:
         return loss, {"mse": mse.detach(), "vb": vb.detach()}
 
     # --- sampling -----------------------------------------------------------------------------
-    def respace(self, steps: int) -> "GaussianDiffusion":
+    def respace(self, steps: int, grid: str = "even") -> "GaussianDiffusion":
         """A diffusion over `steps` of these steps, with betas recomputed so that alpha_bar at every
-        kept step equals this schedule's; the model still sees the original step numbers."""
-        kept = spaced_steps(self.num_timesteps, steps)
-        if steps == self.num_timesteps:
-            return self
+        kept step equals this schedule's; the model still sees the original step numbers.
+        `grid`: "even" spreads the steps over 0..T-1, both ends included; "dit" is DiT's own
+        rounding of that spread (see `dit_spaced_steps`); "ldm" is LDM's DDIM grid (see `ldm_ddim_steps`)."""
+        if grid not in GRIDS:
+            raise ValueError(f"unknown timestep grid {grid!r}; use one of {', '.join(GRIDS)}")
+        if grid == "ldm":
+            kept = ldm_ddim_steps(self.num_timesteps, steps)
+        elif grid == "dit":
+            kept = dit_spaced_steps(self.num_timesteps, steps)
+        else:
+            kept = spaced_steps(self.num_timesteps, steps)
+            if steps == self.num_timesteps:
+                return self
         kept_bar = self.alphas_cumprod[kept]
         previous = torch.cat([torch.ones(1, dtype=torch.float64), kept_bar[:-1]])
         spaced = object.__new__(type(self))
@@ -230,16 +276,25 @@ class GaussianDiffusion:
     def sample(self, model: Model, noise: torch.Tensor, labels: torch.Tensor, *, cfg_scale: float = 1.0,
                null_label: int | None = None, method: str = "ddpm", steps: int = 250, eta: float = 0.0,
                clip_x0: float | None = None, generator: torch.Generator | None = None,
-               progress: bool = False) -> torch.Tensor:
+               progress: bool = False, guided_channels: int | None = None, grid: str = "even",
+               final_alpha_bar: str = "one") -> torch.Tensor:
         """Denoise `noise` (B, C, h, w) into latents, conditioned on `labels` (B,).
 
-        `cfg_scale` != 1 applies classifier-free guidance to all C noise channels; the null class
-        id is `null_label`, or `model.config.num_classes` when not given. `method`: "ddpm"
-        (ancestral) or "ddim" (`eta` 0: deterministic, draws no random numbers). `steps`: a
-        respaced subset of the schedule. `generator` (on noise's device) draws the step noise.
+        `cfg_scale` != 1 applies classifier-free guidance to the first `guided_channels` noise
+        channels (None: all C; the reference DiT-LC guides 3, the rest coming from the
+        conditional pass); the null class id is `null_label`, or `model.config.num_classes` when
+        not given. `method`: "ddpm" (ancestral) or "ddim" (`eta` 0: deterministic, draws no random
+        numbers). `steps`: a respaced subset of the schedule on `grid` ("even", DiT's "dit" or
+        LDM's "ldm", see `respace`). `final_alpha_bar` (ddim): "one" ends on alpha_bar = 1, the clean sample;
+        "grid" ends on alpha_bar of the schedule's step 0 and adds that last step's noise too, as
+        LDM's DDIM sampler does. `generator` (on noise's device) draws the step noise.
         """
         if method not in ("ddpm", "ddim"):
             raise ValueError(f"unknown sampling method {method!r}; use ddpm or ddim")
+        if final_alpha_bar not in FINAL_ALPHA_BARS:
+            raise ValueError(f"unknown final_alpha_bar {final_alpha_bar!r}; use one of {', '.join(FINAL_ALPHA_BARS)}")
+        if final_alpha_bar != "one" and method != "ddim":
+            raise ValueError("final_alpha_bar='grid' is a DDIM setting; DDPM always ends on the clean sample")
         if eta < 0:
             raise ValueError(f"eta must be non-negative (0: deterministic DDIM), got {eta}")
         if isinstance(model, nn.Module) and model.training:
@@ -251,8 +306,14 @@ class GaussianDiffusion:
         if noise.ndim != 4 or labels.shape != (noise.shape[0],):
             raise ValueError(f"expected noise (B, C, h, w) and labels (B,), "
                              f"got {tuple(noise.shape)} and {tuple(labels.shape)}")
-        spaced = self.respace(steps)
-        channels = noise.shape[1]
+        spaced = self.respace(steps, grid)
+        channels = noise.shape[1] if guided_channels is None else guided_channels
+        if not 1 <= channels <= noise.shape[1]:
+            raise ValueError(f"guided_channels must lie in [1, {noise.shape[1]}] (the latent channels), got {channels}")
+        if final_alpha_bar == "grid":
+            # the step before the first kept one is the schedule's step 0, not a clean sample
+            spaced = copy.copy(spaced)  # a shallow copy: `self` (possibly returned by respace) keeps its table
+            spaced.alphas_cumprod_prev = torch.cat([self.alphas_cumprod[:1], spaced.alphas_cumprod[:-1]])
         x = noise
         indices = range(spaced.num_timesteps - 1, -1, -1)
         if progress:
@@ -264,17 +325,18 @@ class GaussianDiffusion:
                 t = torch.full((x.shape[0],), i, device=x.device, dtype=torch.long)
                 output = guided(model, x, spaced.model_timesteps(t), labels, cfg_scale, null_label,
                                 guided_channels=channels)
-                x = step(output, x, t, i, eta=eta, clip_x0=clip_x0, generator=generator)
+                x = step(output, x, t, i, eta=eta, clip_x0=clip_x0, generator=generator,
+                         last_noise=final_alpha_bar == "grid")
         return x
 
-    def _ddpm_step(self, output, x, t, i, *, eta, clip_x0, generator) -> torch.Tensor:
+    def _ddpm_step(self, output, x, t, i, *, eta, clip_x0, generator, last_noise=False) -> torch.Tensor:
         p = self.p_mean_variance(output, x, t, clip_x0)
         if i == 0:  # the last step returns the mean: no noise is added to the final sample
             return p["mean"]
-        noise = torch.randn(x.shape, device=x.device, dtype=x.dtype, generator=generator)
+        noise = randn(x.shape, device=x.device, dtype=x.dtype, generator=generator)
         return p["mean"] + torch.exp(0.5 * p["log_variance"]) * noise
 
-    def _ddim_step(self, output, x, t, i, *, eta, clip_x0, generator) -> torch.Tensor:
+    def _ddim_step(self, output, x, t, i, *, eta, clip_x0, generator, last_noise=False) -> torch.Tensor:
         p = self.p_mean_variance(output, x, t, clip_x0)
         alpha_bar = self._gather(self.alphas_cumprod, t, x)
         alpha_bar_prev = self._gather(self.alphas_cumprod_prev, t, x)
@@ -282,6 +344,8 @@ class GaussianDiffusion:
         # clamp: at eta 1 the two terms cancel analytically and rounding must not make it negative
         eps_scale = (1 - alpha_bar_prev - sigma ** 2).clamp(min=0).sqrt()
         mean = p["pred_x0"] * alpha_bar_prev.sqrt() + eps_scale * p["eps"]
-        if i == 0 or eta == 0:  # eta 0: deterministic, so no random numbers are drawn at all
+        # eta 0: deterministic, so no random numbers are drawn at all; the last step adds noise only
+        # when it ends short of alpha_bar = 1 (final_alpha_bar "grid"), where sigma is not 0
+        if eta == 0 or (i == 0 and not last_noise):
             return mean
-        return mean + sigma * torch.randn(x.shape, device=x.device, dtype=x.dtype, generator=generator)
+        return mean + sigma * randn(x.shape, device=x.device, dtype=x.dtype, generator=generator)

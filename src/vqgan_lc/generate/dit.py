@@ -8,12 +8,18 @@ LayerNorm without affine parameters whose shift, scale and residual gate are reg
 the conditioning. Those regressors and the output layer start at zero, so at initialisation
 every block is the identity and the model outputs zeros (the paper's most stable choice).
 
-Timesteps: `t` is a float in **diffusion-step units**, [0, 1000). `GaussianDiffusion` passes
-the original (un-respaced) step index; a continuous-time caller with t in [0, 1] (SiT)
-passes `t * TIMESTEP_SCALE`, so the sinusoidal frequencies cover the same range in both.
+Timesteps: `forward` takes `t` in **diffusion-step units**, [0, 1000). `GaussianDiffusion`
+passes the original (un-respaced) step index. A continuous-time caller with t in [0, 1] (SiT)
+calls `velocity`, which multiplies t by `sit_time_scale` first: 1000 (the default) makes the
+sinusoidal frequencies cover the same range as DiT's steps; the paper's released SiT-LC was
+trained with t as it is (scale 1).
 
 The same presets serve SiT, which predicts a velocity and has no variance output: build its
 config with `dit_config(preset, ..., learn_sigma=False)`.
+
+Positions: `pos_embed_layout` "columns-first" is the DiT paper's fixed table (the first half of
+the width codes a patch's column, the second its row); "rows-first" is the transposed table of
+models saved before the field existed, kept so that they load and compute what they did.
 """
 from __future__ import annotations
 
@@ -44,6 +50,20 @@ class DiTConfig(Config):
     mlp_ratio: float = 4.0
     class_dropout: float = 0.1    # probability of replacing a label by the null class in training
     learn_sigma: bool = True      # output 2 * in_channels: noise, then the variance interpolation
+    # 2-D sin-cos table: "columns-first" (the DiT paper's) or "rows-first" (models saved before this
+    # field existed: a config.json without it means rows-first, see from_dict)
+    pos_embed_layout: str = "columns-first"
+    # SiT: `velocity` embeds t * sit_time_scale (1000: DiT's step units; 1.0: the reference SiT-LC)
+    sit_time_scale: float = TIMESTEP_SCALE
+
+    POS_EMBED_LAYOUTS = ("columns-first", "rows-first")
+
+    @classmethod
+    def from_dict(cls, data):
+        # A saved config without the field predates it: its position table is the rows-first one.
+        if isinstance(data, dict) and "pos_embed_layout" not in data:
+            data = {**data, "pos_embed_layout": "rows-first"}
+        return super().from_dict(data)
 
     def check(self) -> None:
         for name in ("in_channels", "input_size", "num_classes", "patch_size", "depth", "hidden_size", "num_heads"):
@@ -62,6 +82,12 @@ class DiTConfig(Config):
             raise ValueError(f"DiTConfig.mlp_ratio must be positive, got {self.mlp_ratio}")
         if not 0.0 <= self.class_dropout < 1.0:
             raise ValueError(f"DiTConfig.class_dropout must be in [0, 1), got {self.class_dropout}")
+        if self.pos_embed_layout not in self.POS_EMBED_LAYOUTS:
+            raise ValueError(f"DiTConfig.pos_embed_layout must be one of {', '.join(self.POS_EMBED_LAYOUTS)}, "
+                             f"got {self.pos_embed_layout!r}")
+        if not 0.0 < self.sit_time_scale < float("inf"):
+            raise ValueError(f"DiTConfig.sit_time_scale must be a positive number (1000: step units, 1: t as is), "
+                             f"got {self.sit_time_scale}")
 
     @property
     def out_channels(self) -> int:
@@ -91,8 +117,11 @@ def dit_config(preset: str, *, in_channels: int, input_size: int, num_classes: i
     return DiTConfig(**fields).validate()
 
 
-def sincos_positions_2d(dim: int, grid: int) -> torch.Tensor:
-    """(grid * grid, dim) fixed positions in raster order: first half of `dim` codes the row, second the column."""
+def sincos_positions_2d(dim: int, grid: int, layout: str = "columns-first") -> torch.Tensor:
+    """(grid * grid, dim) fixed positions in raster order. "columns-first" (the DiT paper's table):
+    the first half of `dim` codes the column, the second the row; "rows-first": the other way round."""
+    if layout not in DiTConfig.POS_EMBED_LAYOUTS:
+        raise ValueError(f"unknown position layout {layout!r}; use one of {', '.join(DiTConfig.POS_EMBED_LAYOUTS)}")
     quarter = dim // 4
     # Geometric frequencies from 1 down to 1/10000, as in the original transformer.
     freqs = 1.0 / 10000 ** (torch.arange(quarter, dtype=torch.float64) / quarter)
@@ -101,7 +130,8 @@ def sincos_positions_2d(dim: int, grid: int) -> torch.Tensor:
     axis = torch.cat([torch.sin(angles), torch.cos(angles)], dim=1)        # (grid, dim/2)
     rows = axis[:, None, :].expand(grid, grid, dim // 2)
     cols = axis[None, :, :].expand(grid, grid, dim // 2)
-    return torch.cat([rows, cols], dim=-1).reshape(grid * grid, dim).float()
+    halves = [cols, rows] if layout == "columns-first" else [rows, cols]
+    return torch.cat(halves, dim=-1).reshape(grid * grid, dim).float()
 
 
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -234,7 +264,7 @@ class DiT(PretrainedModel):
         nn.init.xavier_uniform_(self.patch_embed.weight.view(c.hidden_size, -1))
         nn.init.zeros_(self.patch_embed.bias)
         # Persistent on purpose: from_pretrained builds on the meta device and restores buffers from the file.
-        self.register_buffer("pos_embed", sincos_positions_2d(c.hidden_size, grid)[None])
+        self.register_buffer("pos_embed", sincos_positions_2d(c.hidden_size, grid, c.pos_embed_layout)[None])
         self.t_embedder = TimestepEmbedder(c.hidden_size)
         self.y_embedder = LabelEmbedder(c.num_classes, c.hidden_size, c.class_dropout)
         self.blocks = nn.ModuleList(DiTBlock(c.hidden_size, c.num_heads, c.mlp_ratio) for _ in range(c.depth))
@@ -270,7 +300,16 @@ class DiT(PretrainedModel):
             tokens = block(tokens, cond)
         return self.unpatchify(self.final_layer(tokens, cond))
 
-    def forward_with_cfg(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor, cfg_scale: float) -> torch.Tensor:
-        """Classifier-free guided output (call in eval mode): all D' noise channels are guided,
-        the variance half comes from the conditional pass."""
-        return guided(self, x, t, y, cfg_scale, self.config.num_classes, guided_channels=self.config.in_channels)
+    def velocity(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """SiT: the velocity at continuous times t (B,) in [0, 1], embedded as t * sit_time_scale.
+        A model with a variance head returns only its first in_channels (as the reference SiT does)."""
+        out = self(x, t * self.config.sit_time_scale, y)
+        return out[:, :self.config.in_channels] if self.config.learn_sigma else out
+
+    def forward_with_cfg(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor, cfg_scale: float,
+                         guided_channels: int | None = None) -> torch.Tensor:
+        """Classifier-free guided output (call in eval mode): the first `guided_channels` channels
+        are guided (all D' noise channels when None; 3 in the reference code), the rest, the
+        variance half included, come from the conditional pass."""
+        channels = self.config.in_channels if guided_channels is None else guided_channels
+        return guided(self, x, t, y, cfg_scale, self.config.num_classes, guided_channels=channels)

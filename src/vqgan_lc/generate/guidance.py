@@ -2,8 +2,9 @@
 
 One batched forward runs the conditional and the unconditional halves together (the null
 class is the id `num_classes`), then the guided output is uncond + scale * (cond - uncond)
-on **every** channel of the prediction. (The reference code guided only the first 3 of its
-8 latent channels, a leftover of DiT's 4-channel VAE; here nothing is left unguided.)
+on **every** channel of the prediction by default. The reference DiT-LC and SiT-LC code guided
+only the first 3 of its 8 latent channels (a leftover of DiT's 4-channel VAE); the samplers take
+`guided_channels=3` to reproduce that, and the unguided channels come from the conditional pass.
 Models with a learned variance return 2C channels: the variance half is taken from the
 conditional pass, as in DiT, and only the mean/eps/velocity half is guided.
 """
@@ -31,5 +32,7 @@ def guided(model: Callable[..., torch.Tensor], x: torch.Tensor, t: torch.Tensor,
     out = model(torch.cat([x, x]), torch.cat([t, t]), with_null_labels(labels, null_label))
     cond, uncond = out.chunk(2)
     c = cond.shape[1] if guided_channels is None else guided_channels
+    if not 1 <= c <= cond.shape[1]:
+        raise ValueError(f"guided_channels must lie in [1, {cond.shape[1]}] (the model's output channels), got {c}")
     mixed = uncond[:, :c] + scale * (cond[:, :c] - uncond[:, :c])
     return torch.cat([mixed, cond[:, c:]], dim=1) if c < cond.shape[1] else mixed

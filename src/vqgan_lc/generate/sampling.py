@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import torch
 
+from .noise import multinomial
+
 
 def cfg_logits(cond: torch.Tensor, uncond: torch.Tensor, scale: float) -> torch.Tensor:
     """Classifier-free guidance on logits: uncond + scale * (cond - uncond).
@@ -69,7 +71,7 @@ def sample_next(logits: torch.Tensor, temperature: float = 1.0, top_k: int | Non
         # (cached vs recomputed decoding), which would change what one uniform draw picks.
         indices, order = indices.sort(dim=-1)
         values = values.gather(-1, order)
-        choice = torch.multinomial(top_p_filter(values, top_p).softmax(dim=-1), 1, generator=generator)
+        choice = multinomial(top_p_filter(values, top_p).softmax(dim=-1), 1, generator=generator)
         return indices.gather(-1, choice).squeeze(-1)
     probs = top_p_filter(scaled, top_p).softmax(dim=-1)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+    return multinomial(probs, 1, generator=generator).squeeze(-1)

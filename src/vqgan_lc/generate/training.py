@@ -22,57 +22,24 @@ from ..config import Config
 from ..pretrained import PretrainedModel
 from ..train.config import TrainConfig
 from ..train.loop import StepContext, TrainingTask, TrainResult, run_training
-from .cache import GeneratorDataset, open_cache, tokenizer_latent_scale
+from .cache import GeneratorDataset, default_latent_scale, open_cache
+from .families import DataSpec, family_of
 
-FAMILIES = ("gpt", "dit", "sit", "ldm")
 EXPORT_NAME = "generator"
 
 
-def family_of(preset: str) -> str:
-    family = preset.split("-", 1)[0]
-    if family not in FAMILIES:
-        raise ValueError(f"unknown generator preset {preset!r}; presets start with one of {', '.join(FAMILIES)} "
-                         "(see `vqgan-lc presets`)")
-    return family
+def data_spec(store) -> DataSpec:
+    """What a cache offers a generator: kind, grid, vocabulary, latent width and class count."""
+    header = store.header
+    labels = store.labels
+    num_classes = max(len(store.class_names), int(labels.max()) + 1 if labels is not None else 1)
+    return DataSpec(kind=header["kind"], grid=tuple(header["grid"]), codebook_size=header["codebook_size"],
+                    latent_dim=header["latent_dim"], num_classes=num_classes)
 
 
 def model_config_for(preset: str, store, **overrides: Any) -> Config:
     """The generator's config: the preset's architecture sized to what the cache holds."""
-    family = family_of(preset)
-    header = store.header
-    labels = store.labels
-    num_classes = max(len(store.class_names), int(labels.max()) + 1 if labels is not None else 1)
-    h, w = header["grid"]
-    if family == "gpt":
-        if header["kind"] != "tokens":
-            raise ValueError(f"{preset} trains on token ids; build the cache with `vqgan-lc cache tokens`")
-        from .gpt import gpt_config
-        return gpt_config(preset, vocab_size=header["codebook_size"], num_classes=num_classes, block_size=h * w,
-                          **overrides)
-    if header["kind"] != "latents":
-        raise ValueError(f"{preset} trains on continuous latents; build the cache with `vqgan-lc cache latents`")
-    if h != w:
-        raise ValueError(f"{preset} needs a square latent grid, the cache holds {h}x{w}")
-    if family == "ldm":
-        from .unet import unet_config
-        return unet_config(preset, in_channels=header["latent_dim"], input_size=h, num_classes=num_classes,
-                           **overrides)
-    from .dit import dit_config
-    arch = "dit-" + preset.split("-", 1)[1]  # SiT shares DiT's presets, with a velocity head
-    if family == "sit":
-        overrides.setdefault("learn_sigma", False)
-    return dit_config(arch, in_channels=header["latent_dim"], input_size=h, num_classes=num_classes, **overrides)
-
-
-def _config_class(family: str) -> type[Config]:
-    if family == "gpt":
-        from .gpt import GPTConfig
-        return GPTConfig
-    if family == "ldm":
-        from .unet import UNetConfig
-        return UNetConfig
-    from .dit import DiTConfig
-    return DiTConfig
+    return family_of(preset).model_config(preset, data_spec(store), **overrides)
 
 
 @dataclass
@@ -89,14 +56,20 @@ class GeneratorTrainConfig(TrainConfig):
     lr: float = 1e-4
     grad_clip: float | None = 1.0
     ema_decay: float | None = 0.9999   # DiT/SiT/LDM keep an EMA; set none to export the raw weights
+    # What sampling needs of the data, copied from the cache, so that a run samples without it.
+    tokenizer: str = ""                # the tokenizer that encoded the cache (absolute path or hub id)
+    tokenizer_fingerprint: str = ""    # its config + weights hash: decoding with another is refused
+    class_names: tuple[str, ...] = ()  # names of class ids 0, 1, ... where the data had them
+    image_size: int = 0                # the resolution the cache was encoded at
+    codebook_size: int = 0
 
     def check(self) -> None:
         super().check()
-        family = family_of(self.generator)
+        expected = family_of(self.generator).config_class()
         if self.model is None:
             raise ValueError("the generator config has no model; build it with model_config_for(preset, cache)")
-        if not isinstance(self.model, _config_class(family)):
-            raise ValueError(f"{self.generator} needs a {_config_class(family).__name__}, got {type(self.model).__name__}")
+        if not isinstance(self.model, expected):
+            raise ValueError(f"{self.generator} needs a {expected.__name__}, got {type(self.model).__name__}")
         if not self.latent_scale > 0 or self.diffusion_steps < 2:
             raise ValueError(f"latent_scale must be > 0 and diffusion_steps >= 2, got {self.latent_scale}, "
                              f"{self.diffusion_steps}")
@@ -107,44 +80,12 @@ class GeneratorTrainConfig(TrainConfig):
         model = data.pop("model", None)
         config = super().from_dict(data)
         if model is not None:
-            config.model = _config_class(family_of(config.generator)).from_dict(model)
+            config.model = family_of(config.generator).config_class().from_dict(model)
         return config
 
 
-def build_process(config: GeneratorTrainConfig):
-    """The family's training/sampling process: Gaussian diffusion (dit, ldm) or the linear interpolant (sit)."""
-    family = family_of(config.generator)
-    if family == "sit":
-        from .transport import Transport
-        return Transport()
-    if family in ("dit", "ldm"):
-        from .diffusion import GaussianDiffusion
-        return GaussianDiffusion.from_preset(family, num_timesteps=config.diffusion_steps)
-    return None
-
-
 def build_generator(config: GeneratorTrainConfig) -> PretrainedModel:
-    family = family_of(config.generator)
-    if family == "gpt":
-        from .gpt import GPT
-        return GPT(config.model)
-    if family == "ldm":
-        from .unet import UNet
-        return UNet(config.model)
-    from .dit import DiT
-    return DiT(config.model)
-
-
-class SiTBackbone(nn.Module):
-    """A DiT read as a velocity field of continuous time t in [0, 1] (DiT embeds step units)."""
-
-    def __init__(self, dit: nn.Module):
-        super().__init__()
-        self.dit = dit
-
-    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        from .dit import TIMESTEP_SCALE
-        return self.dit(x, t * TIMESTEP_SCALE, y)
+    return family_of(config.generator).model_class()(config.model)
 
 
 class Objective(nn.Module):
@@ -153,18 +94,17 @@ class Objective(nn.Module):
 
     def __init__(self, model: PretrainedModel, config: GeneratorTrainConfig):
         super().__init__()
+        from .pipeline import process_config_of
         self.model = model
         self.family = family_of(config.generator)
-        self.process = build_process(config)
-        self.latent_scale = config.latent_scale
+        self.process = self.family.build_process(process_config_of(config))
+        # token ids are not scaled; latents are brought to the scale the generator trains at
+        self.latent_scale = config.latent_scale if self.family.data_kind == "latents" else 1.0
 
     def forward(self, x: torch.Tensor, labels: torch.Tensor):
-        if self.family == "gpt":
-            return self.model.training_loss(x, labels)
-        x = x * self.latent_scale
-        net = SiTBackbone(self.model) if self.family == "sit" else self.model
-        loss, logs = self.process.training_loss(net, x, labels)
-        return loss, {k: float(v) for k, v in logs.items()}
+        if self.latent_scale != 1.0:
+            x = x * self.latent_scale
+        return self.family.training_loss(self.model, self.process, x, labels)
 
 
 class GeneratorTask(TrainingTask):
@@ -208,23 +148,52 @@ class GeneratorTask(TrainingTask):
 
 def train_generator(config: GeneratorTrainConfig, *, resume: str | os.PathLike | None = None,
                     stop_at_step: int | None = None, progress: bool = True) -> TrainResult:
-    return run_training(GeneratorTask(config), resume=resume, stop_at_step=stop_at_step, progress=progress)
+    """Train, then leave the run folder as a pipeline folder (generator/, tokenizer/,
+    process.json: see `pipeline.py`) once the last step is done."""
+    from .. import distributed
+    from .pipeline import export_run
+
+    result = run_training(GeneratorTask(config), resume=resume, stop_at_step=stop_at_step, progress=progress)
+    if result.is_main and result.step >= config.max_steps:
+        export_run(result.out_dir)
+    distributed.barrier()
+    return result
 
 
 def generator_config(preset: str, cache: str, out: str, overrides: list[str] | tuple[str, ...] = ()) -> GeneratorTrainConfig:
     """Resolve preset + cache + `key=value` overrides into a validated config (what the CLI calls)."""
     store = open_cache(cache)
-    config = GeneratorTrainConfig(generator=preset, model=model_config_for(preset, store), data=cache, out_dir=out)
-    if family_of(preset) == "gpt":
-        config.ema_decay = None  # LlamaGen's GPTs train without an EMA
-    else:
-        # A scale the user stored in the tokenizer (measured on its training latents) is the
-        # default; `--set latent_scale=...` below still overrides it. The run's config keeps
-        # the value used, so sampling divides by the same number.
-        measured = tokenizer_latent_scale(store)
+    header = store.header
+    family = family_of(preset)
+    config = GeneratorTrainConfig(generator=preset, model=model_config_for(preset, store),
+                                  data=os.path.abspath(cache), out_dir=out, ema_decay=family.ema_decay,
+                                  tokenizer=header["tokenizer"], class_names=tuple(store.class_names),
+                                  image_size=int(header.get("image_size", 0)), codebook_size=header["codebook_size"])
+    config.tokenizer_fingerprint = header.get("tokenizer_fingerprint") or _fingerprint_if_present(header)
+    if family.data_kind == "latents":
+        # A scale stored for this cache (`cache latents --write-scale`) is the default;
+        # `--set latent_scale=...` below still overrides it. The run's config keeps the value
+        # used, so sampling divides by the same number.
+        measured = default_latent_scale(store)
         if measured is not None:
             config.latent_scale = measured
     return config.override(list(overrides)).validate()
+
+
+def _fingerprint_if_present(header: dict) -> str:
+    """A cache from before caches recorded their tokenizer's fingerprint: take it now, if the
+    folder it names still holds a tokenizer that encodes like the one that built the cache."""
+    from ..pretrained import read_config_file
+    from .cache import same_encoder
+
+    folder = header["tokenizer"]
+    from ..tokenizer.fingerprint import tokenizer_fingerprint
+    try:
+        if not same_encoder(header.get("tokenizer_config", {}), read_config_file(folder)):
+            return ""
+        return tokenizer_fingerprint(folder)
+    except (FileNotFoundError, ValueError):
+        return ""
 
 
 def read_generator_run(run_dir: str | os.PathLike) -> GeneratorTrainConfig:
@@ -237,5 +206,5 @@ def read_generator_run(run_dir: str | os.PathLike) -> GeneratorTrainConfig:
     return GeneratorTrainConfig.from_dict(data)
 
 
-__all__ = ["FAMILIES", "GeneratorTrainConfig", "GeneratorTask", "generator_config", "model_config_for",
-           "read_generator_run", "train_generator", "build_process", "SiTBackbone"]
+__all__ = ["GeneratorTrainConfig", "GeneratorTask", "data_spec", "generator_config", "model_config_for",
+           "read_generator_run", "train_generator"]

@@ -15,7 +15,7 @@ t a (B,) float tensor in [0, 1] (x's dtype and device) and y (B,) int64 class id
 (a sinusoidal embedding tuned to integer steps wants t * 1000) is the backbone's business:
 this module always passes t in [0, 1]. The velocity has x's shape, so a DiT backbone is
 built with `learn_sigma=False`. Classifier-free guidance goes through `guidance.guided`,
-on every channel.
+on every channel unless `guided_channels` names how many leading ones (the reference SiT-LC: 3).
 """
 from __future__ import annotations
 
@@ -25,6 +25,7 @@ import torch
 from torchdiffeq import odeint
 
 from .guidance import guided
+from .noise import randn
 
 Model = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -43,15 +44,17 @@ class _Velocity:
     halves share it), so `nfe` is exactly what a sampler costs in forwards.
     """
 
-    def __init__(self, model: Model, labels: torch.Tensor, cfg_scale: float, null_label: int):
+    def __init__(self, model: Model, labels: torch.Tensor, cfg_scale: float, null_label: int,
+                 guided_channels: int | None = None):
         self.model, self.labels, self.cfg_scale, self.null_label = model, labels, cfg_scale, null_label
+        self.guided_channels = guided_channels
         self.nfe = 0
 
     def __call__(self, x: torch.Tensor, t: float | torch.Tensor) -> torch.Tensor:
         self.nfe += 1
         # torchdiffeq hands a 0-d tensor, the fixed-step loops a float: either way one time per sample.
         t_batch = torch.as_tensor(t, dtype=x.dtype, device=x.device).reshape(1).repeat(x.shape[0])
-        v = guided(self.model, x, t_batch, self.labels, self.cfg_scale, self.null_label)
+        v = guided(self.model, x, t_batch, self.labels, self.cfg_scale, self.null_label, self.guided_channels)
         if v.shape != x.shape:
             raise ValueError(f"the model returned shape {tuple(v.shape)} for x of shape {tuple(x.shape)}; a velocity "
                              "model keeps x's shape (build a DiT backbone with learn_sigma=False)")
@@ -108,7 +111,8 @@ class Transport:
     @torch.no_grad()
     def sample(self, model: Model, noise: torch.Tensor, labels: torch.Tensor, *, cfg_scale: float = 1.0,
                null_label: int, method: str = "dopri5", steps: int = 50, atol: float = 1e-6, rtol: float = 1e-3,
-               generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict[str, Any]]:
+               generator: torch.Generator | None = None,
+               guided_channels: int | None = None) -> tuple[torch.Tensor, dict[str, Any]]:
         """Carry `noise` (t = 0) to data (t = 1) under the guided velocity; returns (x, info).
 
         method:
@@ -118,6 +122,8 @@ class Transport:
                    evaluations (predictor and corrector in every interval, the last included).
           "euler"  fixed-step 1st order: `steps` evaluations.
           "sde"    Euler-Maruyama, `steps` evaluations, noise from `generator`; see `_sde`.
+        `guided_channels`: guidance on the first this many velocity channels only, the rest
+        from the conditional pass (None: all; the reference SiT-LC guides 3).
         info: "nfe" (model evaluations; one batched forward each, CFG included), "method",
         "steps" (None for dopri5).
         """
@@ -127,7 +133,7 @@ class Transport:
             raise ValueError(f"steps must be a positive integer for method {method!r}, got {steps!r}")
         if labels.shape != (noise.shape[0],):
             raise ValueError(f"labels must have shape ({noise.shape[0]},) to match noise, got {tuple(labels.shape)}")
-        velocity = _Velocity(model, labels, cfg_scale, null_label)
+        velocity = _Velocity(model, labels, cfg_scale, null_label, guided_channels)
         if method == "dopri5":
             if atol <= 0 or rtol <= 0:
                 raise ValueError(f"atol and rtol must be > 0 for dopri5, got atol={atol}, rtol={rtol}")
@@ -177,6 +183,6 @@ class Transport:
             v = velocity(x, t)
             x = x + h * (v + 0.5 * self.diffusion_norm * (t * v - x))
             if i < steps - 1:
-                z = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+                z = randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
                 x = x + (self.diffusion_norm * (1.0 - t) * h) ** 0.5 * z
         return x

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import warnings
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -26,7 +27,6 @@ from torch import nn
 
 from ..config import Config
 from ..pretrained import PretrainedModel
-from ..tokenizer.autoencoder import Upsample  # nearest x2 + 3x3 conv, the same block the VQGAN decoder uses
 from .guidance import guided
 
 
@@ -40,11 +40,20 @@ class UNetConfig(Config):
     channel_mult: tuple[int, ...] = (1, 2, 4)     # width multiplier per resolution level
     num_res_blocks: int = 2
     attention_resolutions: tuple[int, ...] = (4, 2)   # downsample factors whose blocks get a transformer
-    num_heads: int = 8
+    num_heads: int = 8                            # attention heads at every level (unless num_head_channels)
+    # LDM's `num_head_channels`: heads = level width / this (32 in LDM-LC); None: num_heads everywhere
+    num_head_channels: int | None = None
     context_dim: int = 512                        # width of the class-embedding token
     class_dropout: float = 0.1                    # training label dropout to the null class (for CFG)
     dropout: float = 0.0
     norm_groups: int = 32                         # GroupNorm groups (LDM: 32)
+    # GroupNorm eps of the residual blocks and the output norm (LDM: 1e-5); the spatial
+    # transformers' input norms keep 1e-6 in both
+    norm_eps: float = 1e-6
+
+    def heads_at(self, width: int) -> int:
+        """Attention heads of a transformer of this width."""
+        return self.num_heads if self.num_head_channels is None else width // self.num_head_channels
 
     @property
     def output_channels(self) -> int:
@@ -59,6 +68,10 @@ class UNetConfig(Config):
                      "context_dim", "norm_groups"):
             if getattr(self, name) < 1:
                 raise ValueError(f"unet.{name} must be >= 1, got {getattr(self, name)}")
+        if self.num_head_channels is not None and self.num_head_channels < 1:
+            raise ValueError(f"unet.num_head_channels must be >= 1 (or None for num_heads), got {self.num_head_channels}")
+        if not 0.0 < self.norm_eps < 1.0:
+            raise ValueError(f"unet.norm_eps must lie in (0, 1), got {self.norm_eps}")
         if self.out_channels is not None and self.out_channels < 1:
             raise ValueError(f"unet.out_channels must be >= 1 (or None for in_channels), got {self.out_channels}")
         if not self.channel_mult or min(self.channel_mult) < 1:
@@ -67,18 +80,25 @@ class UNetConfig(Config):
             raise ValueError(f"unet.input_size {self.input_size} must be divisible by {self.downsample_factor} "
                              f"(2 ** (len(channel_mult) - 1)); change input_size or drop a channel_mult level")
         factors = [2 ** i for i in range(len(self.channel_mult))]
+        if any(r < 1 for r in self.attention_resolutions):
+            raise ValueError(f"unet.attention_resolutions must be positive downsample factors, got "
+                             f"{self.attention_resolutions}")
         stray = [r for r in self.attention_resolutions if r not in factors]
         if stray:
-            raise ValueError(f"unet.attention_resolutions {stray} are not downsample factors of this UNet "
-                             f"(choose among {factors})")
+            # LDM accepts and ignores them (LDM-LC's f16 config lists 4 for a two-level UNet)
+            warnings.warn(f"unet.attention_resolutions {stray} are not downsample factors of this UNet "
+                          f"(it has {factors}); no block gets attention there", stacklevel=2)
         for mult in self.channel_mult:
             width = self.model_channels * mult
             if width % self.norm_groups:
                 raise ValueError(f"unet: width {width} (model_channels * {mult}) is not divisible by "
                                  f"norm_groups={self.norm_groups}; change model_channels or norm_groups")
-            if width % self.num_heads:
+            if self.num_head_channels is None and width % self.num_heads:
                 raise ValueError(f"unet: width {width} (model_channels * {mult}) is not divisible by "
                                  f"num_heads={self.num_heads}; change model_channels or num_heads")
+            if self.num_head_channels is not None and width % self.num_head_channels:
+                raise ValueError(f"unet: width {width} (model_channels * {mult}) is not divisible by "
+                                 f"num_head_channels={self.num_head_channels}; change one of them")
         if not 0.0 <= self.class_dropout < 1.0:
             raise ValueError(f"unet.class_dropout must be in [0, 1), got {self.class_dropout}")
         if not 0.0 <= self.dropout < 1.0:
@@ -118,8 +138,8 @@ def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -
     return F.pad(emb, (0, dim % 2))
 
 
-def _norm(channels: int, groups: int) -> nn.GroupNorm:
-    return nn.GroupNorm(groups, channels, eps=1e-6)
+def _norm(channels: int, groups: int, eps: float = 1e-6) -> nn.GroupNorm:
+    return nn.GroupNorm(groups, channels, eps=eps)
 
 
 def _zero(module: nn.Module) -> nn.Module:
@@ -132,12 +152,12 @@ def _zero(module: nn.Module) -> nn.Module:
 class ResBlock(nn.Module):
     """GroupNorm-SiLU-conv twice, the time embedding added between, with a 1x1 skip when widths differ."""
 
-    def __init__(self, cin: int, cout: int, emb_dim: int, dropout: float, groups: int):
+    def __init__(self, cin: int, cout: int, emb_dim: int, dropout: float, groups: int, eps: float = 1e-6):
         super().__init__()
-        self.norm1 = _norm(cin, groups)
+        self.norm1 = _norm(cin, groups, eps)
         self.conv1 = nn.Conv2d(cin, cout, 3, padding=1)
         self.emb = nn.Linear(emb_dim, cout)
-        self.norm2 = _norm(cout, groups)
+        self.norm2 = _norm(cout, groups, eps)
         self.dropout = nn.Dropout(dropout)
         self.conv2 = _zero(nn.Conv2d(cout, cout, 3, padding=1))
         self.skip = nn.Conv2d(cin, cout, 1) if cin != cout else nn.Identity()
@@ -207,6 +227,17 @@ class Downsample(nn.Module):
         return self.conv(x)
 
 
+class Upsample(nn.Module):
+    """Nearest-neighbour x2, then a 3x3 conv (LDM's upsampling layer)."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+
+
 class SpatialTransformer(nn.Module):
     """A transformer block over the H*W positions of a feature map, as a zero-initialised residual."""
 
@@ -256,13 +287,16 @@ class UNet(PretrainedModel):
         self.class_embed = nn.Embedding(c.num_classes + 1, c.context_dim)
 
         def transformer(ch: int) -> SpatialTransformer:
-            return SpatialTransformer(ch, c.num_heads, c.context_dim, drop, groups)
+            return SpatialTransformer(ch, c.heads_at(ch), c.context_dim, drop, groups)
+
+        def resblock(cin: int, cout: int) -> ResBlock:
+            return ResBlock(cin, cout, emb_dim, drop, groups, c.norm_eps)
 
         self.input_blocks = nn.ModuleList([Stage([nn.Conv2d(c.in_channels, mc, 3, padding=1)])])
         skips, ch, factor = [mc], mc, 1
         for level, mult in enumerate(c.channel_mult):
             for _ in range(c.num_res_blocks):
-                layers: list[nn.Module] = [ResBlock(ch, mult * mc, emb_dim, drop, groups)]
+                layers: list[nn.Module] = [resblock(ch, mult * mc)]
                 ch = mult * mc
                 if factor in c.attention_resolutions:
                     layers.append(transformer(ch))
@@ -273,14 +307,13 @@ class UNet(PretrainedModel):
                 skips.append(ch)
                 factor *= 2
 
-        self.middle_block = Stage([ResBlock(ch, ch, emb_dim, drop, groups), transformer(ch),
-                                   ResBlock(ch, ch, emb_dim, drop, groups)])
+        self.middle_block = Stage([resblock(ch, ch), transformer(ch), resblock(ch, ch)])
 
         self.output_blocks = nn.ModuleList()
         for level, mult in reversed(list(enumerate(c.channel_mult))):
             # one more block per level than on the way down: it takes the downsample's (or input conv's) skip
             for i in range(c.num_res_blocks + 1):
-                layers = [ResBlock(ch + skips.pop(), mult * mc, emb_dim, drop, groups)]
+                layers = [resblock(ch + skips.pop(), mult * mc)]
                 ch = mult * mc
                 if factor in c.attention_resolutions:
                     layers.append(transformer(ch))
@@ -289,7 +322,8 @@ class UNet(PretrainedModel):
                     factor //= 2
                 self.output_blocks.append(Stage(layers))
 
-        self.out = nn.Sequential(_norm(ch, groups), nn.SiLU(), _zero(nn.Conv2d(ch, c.output_channels, 3, padding=1)))
+        self.out = nn.Sequential(_norm(ch, groups, c.norm_eps), nn.SiLU(),
+                                 _zero(nn.Conv2d(ch, c.output_channels, 3, padding=1)))
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         c = self.config

@@ -72,9 +72,10 @@ def convert_reference_state_dict(state: dict) -> dict[str, torch.Tensor]:
     return converted
 
 
-def read_reference_checkpoint(path: str | os.PathLike) -> ReferenceCheckpoint:
-    """The converted weights and the training arguments (e.g. `embed_dim`, `n_vision_words`)
-    of a reference `.pth` checkpoint, read without running any code from the file."""
+def load_restricted(path: str | os.PathLike) -> dict:
+    """The dict a reference `.pth` file holds, unpickled with only tensors, plain values and
+    argparse.Namespace allowed (nothing else in the file can run code); one-line errors for a
+    missing, truncated or foreign file."""
     if not Path(path).is_file():
         raise FileNotFoundError(f"reference checkpoint {path} not found")
     try:
@@ -85,16 +86,60 @@ def read_reference_checkpoint(path: str | os.PathLike) -> ReferenceCheckpoint:
         if refused:
             raise ValueError(f"{path}: refused to unpickle {refused.group(1)}; a reference checkpoint may hold only "
                              "tensors, plain values and argparse.Namespace (other objects could run code on load), "
-                             "so re-save it keeping only its 'model' and 'args' entries") from None
+                             "so re-save it keeping only its weights ('model', 'state_dict' or 'ema') and 'args'") from None
         raise ValueError(f"{path} is not a loadable torch checkpoint (UnpicklingError: {_one_line(err)})") from None
     except Exception as err:  # noqa: BLE001 - any other reading failure gets one clear line
-        raise ValueError(f"{path} is not a loadable torch checkpoint ({type(err).__name__}: {_one_line(err)})") from None
+        raise ValueError(f"{path} is not a loadable torch checkpoint, or it is truncated "
+                         f"({type(err).__name__}: {_one_line(err)})") from None
     if not isinstance(raw, dict):
         raise ValueError(f"{path} holds a {type(raw).__name__}, not a checkpoint dict with a state dict "
                          "(under 'model' or 'state_dict')")
+    return raw
+
+
+def training_args(raw: dict) -> dict:
+    """The checkpoint's training arguments as a dict (empty when it saved none)."""
     args = raw.get("args")
-    args = dict(vars(args)) if isinstance(args, argparse.Namespace) else dict(args) if isinstance(args, dict) else {}
-    return ReferenceCheckpoint(convert_reference_state_dict(raw), args)
+    return dict(vars(args)) if isinstance(args, argparse.Namespace) else dict(args) if isinstance(args, dict) else {}
+
+
+def read_reference_checkpoint(path: str | os.PathLike) -> ReferenceCheckpoint:
+    """The converted weights and the training arguments (e.g. `embed_dim`, `n_vision_words`)
+    of a reference `.pth` checkpoint, read without running any code from the file."""
+    raw = load_restricted(path)
+    return ReferenceCheckpoint(convert_reference_state_dict(raw), training_args(raw))
+
+
+def config_from_reference_state(state: dict[str, torch.Tensor], resolution: int = 256) -> TokenizerConfig:
+    """The TokenizerConfig whose shapes a converted reference state dict has (an LC tokenizer).
+
+    Everything but the image resolution is in the shapes: the encoder's levels, widths, residual
+    blocks and attention levels, the frozen codebook (N x C) and the latent width D'. The
+    resolution (the paper's: 256) only sets at which levels attention sits.
+    """
+    from .config import AutoencoderConfig, get_preset
+
+    def shape(key: str) -> tuple[int, ...]:
+        if key not in state:
+            raise ValueError(f"the tokenizer weights have no {key}: not a VQGAN-LC tokenizer")
+        return tuple(state[key].shape)
+
+    ch = shape("encoder.conv_in.weight")[0]
+    levels = sorted({int(k.split(".")[2]) for k in state if k.startswith("encoder.down.")})
+    if not levels or levels != list(range(len(levels))):
+        raise ValueError("the tokenizer weights have no encoder.down.* levels: not a VQGAN-LC tokenizer")
+    ch_mult = tuple(shape(f"encoder.down.{i}.block.0.conv1.weight")[0] // ch for i in levels)
+    blocks = {int(k.split(".")[4]) for k in state if k.startswith("encoder.down.0.block.")}
+    attn = tuple(resolution // 2 ** i for i in levels if f"encoder.down.{i}.attn.0.q.weight" in state)
+    dim, z_channels = shape("quant_conv.weight")[:2]
+    size, codebook_dim = shape("quantizer.codebook")
+    config = get_preset("vqgan-lc-f16-100k")
+    config.autoencoder = AutoencoderConfig(resolution=resolution, ch=ch, ch_mult=ch_mult, num_res_blocks=len(blocks),
+                                           attn_resolutions=attn, z_channels=z_channels)
+    q = config.quantizer
+    q.codebook_size, q.codebook_dim, q.dim = size, codebook_dim, dim
+    q.projector = "linear" if "quantizer.projector.weight" in state else "none"
+    return config.validate()
 
 
 def load_reference_checkpoint(path: str | os.PathLike, config: TokenizerConfig):

@@ -36,9 +36,12 @@ class CodebookBuildConfig(Config):
     def check(self) -> None:
         if not self.data:
             raise ValueError("codebook build needs the image folder or list (data)")
-        if self.codebook_size < 1 or (self.pool is not None and self.pool < 1) or self.iters < 1 or self.batch_size < 1 or self.workers < 0:
-            raise ValueError(f"codebook_size, pool, iters and batch size must be >= 1 (got {self.codebook_size}, {self.pool}, "
-                             f"{self.iters}, {self.batch_size}) and workers >= 0")
+        for name in ("codebook_size", "pool", "iters", "batch_size"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value}")
+        if self.workers < 0:
+            raise ValueError(f"workers must be >= 0 (0: decode in this process), got {self.workers}")
         if self.mode not in ("auto", *CODEBOOK_MODES):
             raise ValueError(f"mode must be auto or one of {', '.join(CODEBOOK_MODES)}, got {self.mode!r}")
         if self.init not in ("random", "k-means++") or self.assign not in ("auto", "exact", "ivf"):

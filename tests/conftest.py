@@ -46,18 +46,35 @@ def run_ranks():
     return run
 
 
-def save_tiny_tokenizer(folder, codebook_size: int = 16):
-    """A random 32 px LC tokenizer (f4, D'=4): the smallest that encodes and decodes like a real one."""
+def build_tiny_tokenizer(folder=None, *, resolution: int = 32, ch_mult: tuple[int, ...] = (1, 2, 2),
+                         codebook_size: int = 32, codebook_dim: int = 16, seed: int = 0):
+    """A seeded, untrained LC tokenizer small enough for any test (8 channels, one block per level,
+    D'=4), saved with `save_pretrained` into `folder` when one is given."""
     from vqgan_lc.quantize import QuantizerConfig
     from vqgan_lc.tokenizer.config import AutoencoderConfig, TokenizerConfig
     from vqgan_lc.tokenizer.model import VQModel
 
-    torch.manual_seed(0)
-    ae = AutoencoderConfig(resolution=32, ch=8, ch_mult=(1, 2, 2), num_res_blocks=1, attn_resolutions=(),
+    torch.manual_seed(seed)
+    ae = AutoencoderConfig(resolution=resolution, ch=8, ch_mult=ch_mult, num_res_blocks=1, attn_resolutions=(),
                            z_channels=8, norm_groups=4)
-    quantizer = QuantizerConfig(kind="lc", codebook_size=codebook_size, dim=4, codebook_dim=8)
-    VQModel(TokenizerConfig(ae, quantizer)).save_pretrained(folder)
+    model = VQModel(TokenizerConfig(ae, QuantizerConfig(kind="lc", codebook_size=codebook_size, dim=4,
+                                                        codebook_dim=codebook_dim)))
+    if folder is not None:
+        model.save_pretrained(folder)
+    return model
+
+
+def save_tiny_tokenizer(folder, codebook_size: int = 16):
+    """A random 32 px LC tokenizer (f4, D'=4) saved into `folder`; returns the folder."""
+    build_tiny_tokenizer(folder, codebook_size=codebook_size, codebook_dim=8)
     return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer():
+    """`tiny_tokenizer(folder=None, resolution=32, ch_mult=(1, 2, 2), codebook_size=32, codebook_dim=16)`:
+    `build_tiny_tokenizer` as a fixture."""
+    return build_tiny_tokenizer
 
 
 @pytest.fixture(scope="session")
@@ -84,3 +101,26 @@ def tiny_generator_run(tmp_path_factory):
     assert main(["sample", str(root / "run"), "--out", str(root / "samples"), "--per-class", "1", "--method", "ddim",
                  "--steps", "2", "--device", "cpu"]) == 0
     return root
+
+
+@pytest.fixture(scope="session")
+def mounted_tmpfs():
+    """`with mounted_tmpfs(folder, "ro,size=64k"):` a tmpfs mounted on `folder` for the block (a
+    read-only or a tiny file system: what even root cannot write); the test is skipped where
+    mounting is not permitted."""
+    import contextlib
+    import subprocess
+
+    @contextlib.contextmanager
+    def mount(folder, options: str):
+        try:
+            done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(folder)], capture_output=True)
+        except OSError as err:  # no mount program
+            pytest.skip(f"cannot mount here: {err}")
+        if done.returncode != 0:
+            pytest.skip(f"mounting a tmpfs ({options}) is not permitted here: {done.stderr.decode().strip()}")
+        try:
+            yield folder
+        finally:
+            subprocess.run(["umount", str(folder)], check=False)
+    return mount

@@ -8,7 +8,6 @@ command added later fail here until it has cases of its own.
 """
 import json
 import shutil
-import subprocess
 
 import numpy as np
 import pytest
@@ -21,26 +20,19 @@ TINY_GPT = ["model.n_layer=1", "model.n_embd=16", "model.n_head=2"]
 
 
 @pytest.fixture(scope="module")
-def paths(tmp_path_factory):
-    return build_inputs(tmp_path_factory.mktemp("bad"))
+def paths(tmp_path_factory, tiny_tokenizer):
+    return build_inputs(tmp_path_factory.mktemp("bad"), tiny_tokenizer)
 
 
-def build_inputs(root):
+def build_inputs(root, tiny_tokenizer):
     """Tiny valid inputs (a tokenizer, images, a token cache, a generator run, samples) and broken ones."""
     from safetensors import safe_open
     from safetensors.torch import save_file
 
     from vqgan_lc.codebook.io import CODEBOOK_KEY
-    from vqgan_lc.quantize import QuantizerConfig
-    from vqgan_lc.tokenizer.config import AutoencoderConfig, TokenizerConfig
-    from vqgan_lc.tokenizer.model import VQModel
     from vqgan_lc.tokenizer.training import TokenizerTrainConfig
 
-    torch.manual_seed(0)
-    ae = AutoencoderConfig(resolution=32, ch=8, ch_mult=(1, 2, 2), num_res_blocks=1, attn_resolutions=(),
-                           z_channels=8, norm_groups=4)
-    VQModel(TokenizerConfig(ae, QuantizerConfig(kind="lc", codebook_size=16, dim=4, codebook_dim=8))).save_pretrained(
-        root / "tok")
+    tiny_tokenizer(root / "tok", codebook_size=16, codebook_dim=8)
     rng = np.random.default_rng(0)
     for c in range(2):
         (root / "images" / str(c)).mkdir(parents=True)
@@ -100,17 +92,10 @@ def _cut(path):
 
 
 @pytest.fixture(scope="module")
-def readonly(tmp_path_factory):
+def readonly(tmp_path_factory, mounted_tmpfs):
     """A read-only file system (a tmpfs mounted ro): what root cannot write either."""
-    folder = tmp_path_factory.mktemp("ro")
-    try:
-        done = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(folder)], capture_output=True)
-    except OSError as err:  # no mount program
-        pytest.skip(f"cannot mount here: {err}")
-    if done.returncode != 0:
-        pytest.skip(f"mounting a read-only tmpfs is not permitted here: {done.stderr.decode().strip()}")
-    yield folder
-    subprocess.run(["umount", str(folder)], check=False)
+    with mounted_tmpfs(tmp_path_factory.mktemp("ro"), "ro,size=64k") as folder:
+        yield folder
 
 
 # "{name}" is replaced by the fixture file or folder of that name, "{new}" by a fresh path,

@@ -12,19 +12,13 @@ import torch
 from PIL import Image
 
 from vqgan_lc.cli import main
-from vqgan_lc.tokenizer.config import AutoencoderConfig, TokenizerConfig
-from vqgan_lc.quantize import QuantizerConfig
 from vqgan_lc.tokenizer.model import VQModel
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    torch.manual_seed(0)
-    ae = AutoencoderConfig(resolution=32, ch=8, ch_mult=(1, 2, 2), num_res_blocks=1, attn_resolutions=(),
-                           z_channels=8, norm_groups=4)
-    model = VQModel(TokenizerConfig(ae, QuantizerConfig(kind="lc", codebook_size=32, dim=4, codebook_dim=16)))
+def checkpoint(tmp_path_factory, tiny_tokenizer):
     path = tmp_path_factory.mktemp("ckpt") / "tok"
-    model.save_pretrained(path)
+    tiny_tokenizer(path)
     return path
 
 
@@ -232,18 +226,11 @@ def test_a_second_trainer_on_the_same_run_folder_gets_one_line(tmp_path, capsys)
 
 
 @pytest.fixture
-def small_disk(tmp_path):
+def small_disk(tmp_path, mounted_tmpfs):
     """A 256 KiB tmpfs: a tiny training run's checkpoint (about 1.5 MB) does not fit."""
-    folder = tmp_path / "disk"
-    folder.mkdir()
-    try:
-        done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(folder)], capture_output=True)
-    except OSError as err:  # no mount program
-        pytest.skip(f"cannot mount here: {err}")
-    if done.returncode != 0:
-        pytest.skip(f"mounting a tmpfs is not permitted here: {done.stderr.decode().strip()}")
-    yield folder
-    subprocess.run(["umount", str(folder)], check=False)
+    (tmp_path / "disk").mkdir()
+    with mounted_tmpfs(tmp_path / "disk", "size=256k") as folder:
+        yield folder
 
 
 def _error_line(stderr: str) -> str:

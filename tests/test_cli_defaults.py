@@ -22,8 +22,8 @@ CONFIGS = {
     "demo": ["vqgan_lc.demo:DemoConfig", "vqgan_lc.generate.demo:GenerationDemoConfig"],
 }
 # Commands whose flags fill no config field by name: `--set` overrides and recipe/preset names
-# (train, train-gen, classify's `--set`), file arguments, or a group of subcommands.
-NO_CONFIG = {"train", "reconstruct", "encode", "decode", "export", "presets", "codebook", "codebook info",
+# (train, train-gen, classify's `--set`), file arguments (convert), or a group of subcommands.
+NO_CONFIG = {"train", "reconstruct", "encode", "decode", "export", "presets", "codebook", "codebook info", "convert",
              "train-gen", "plot", ""}
 # Flags whose absence keeps the config's value: the command sets the field only when the flag is
 # given (study: `if getattr(args, name) is not None`), so None is "not given", not a default.

@@ -267,7 +267,7 @@ def test_optimizer_groups_decay_matrices_only_and_honour_no_weight_decay():
     names in `no_weight_decay` (the classifier's position table) do not; frozen ones are left out."""
     from vqgan_lc.classify.model import TokenClassifier, TokenClassifierConfig
 
-    model = TokenClassifier(TokenClassifierConfig(num_codes=8, grid=(2, 2), num_classes=3, embed="index", width=8,
+    model = TokenClassifier(TokenClassifierConfig(codebook_size=8, grid=(2, 2), num_classes=3, embed="index", width=8,
                                                   depth=1, heads=2))
     model.head.bias.requires_grad_(False)
     decay, free = model.optimizer_groups(0.05)

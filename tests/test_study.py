@@ -102,7 +102,7 @@ def test_each_ablation_plans_the_intended_tokenizers(ablation, series, tmp_path)
     for combo in combos:
         model = VQModel(tokenizer_train_config(config, combo, tmp_path, None).model, codebook)
         q = model.quantizer
-        assert model.num_codes == 64 and q.dim == combo.dim
+        assert model.codebook_size == 64 and q.dim == combo.dim
         if combo.series == "static":
             assert isinstance(q.projector, torch.nn.Identity) and q.dim == 112 and not q.codebook.requires_grad
         if combo.series == "trainable":

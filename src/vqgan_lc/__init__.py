@@ -18,11 +18,20 @@ _LAZY = {
 __all__ = [*_LAZY, "__version__"]
 
 
-def __getattr__(name: str):
-    if name in _LAZY:
-        import importlib
+def lazy_attributes(module_name: str, names: dict[str, str]):
+    """A module `__getattr__` that imports `names[name]` (a module path) on first use and keeps
+    the value in the module's globals: how a package exports names without importing them."""
 
-        value = getattr(importlib.import_module(_LAZY[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'vqgan_lc' has no attribute {name!r}")
+    def __getattr__(name: str):
+        if name in names:
+            import importlib
+            import sys
+
+            value = getattr(importlib.import_module(names[name]), name)
+            setattr(sys.modules[module_name], name, value)
+            return value
+        raise AttributeError(f"module {module_name!r} has no attribute {name!r}")
+    return __getattr__
+
+
+__getattr__ = lazy_attributes(__name__, _LAZY)

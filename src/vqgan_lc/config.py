@@ -10,13 +10,67 @@ import dataclasses
 import json
 import math
 import typing
-from typing import Any, TypeVar
+import warnings
+from typing import Any, ClassVar, TypeVar
 
 C = TypeVar("C", bound="Config")
 
 
-class Config:
-    """Mixin for dataclass configs; subclasses add `check()` for their own fields."""
+def renamed(new: str, old: str) -> property:
+    """A read/write property `old` that forwards to `new` with a DeprecationWarning: how an
+    attribute keeps working for users after its rename (say, `num_codes` -> `codebook_size`)."""
+
+    def warn() -> None:
+        warnings.warn(f"{old} is deprecated; use {new}", DeprecationWarning, stacklevel=3)
+
+    def get(self):
+        warn()
+        return getattr(self, new)
+
+    def set(self, value) -> None:
+        warn()
+        setattr(self, new, value)
+
+    return property(get, set, doc=f"Deprecated name of `{new}`.")
+
+
+class _RenamedKeywords(type):
+    """Lets a config be built with a renamed field's former keyword (`Config.renamed_fields`)."""
+
+    def __call__(cls, *args, **kwargs):
+        if cls.renamed_fields and kwargs.keys() & cls.renamed_fields.keys():
+            kwargs = {cls._current_name(k): v for k, v in kwargs.items()}
+        return super().__call__(*args, **kwargs)
+
+
+class Config(metaclass=_RenamedKeywords):
+    """Mixin for dataclass configs; subclasses add `check()` for their own fields.
+
+    `renamed_fields` maps a field's former name to its name now: a saved config (from_dict), a
+    keyword, an override and attribute access under the old name keep working, with a
+    DeprecationWarning."""
+
+    renamed_fields: ClassVar[dict[str, str]] = {}
+
+    def __getattr__(self, name: str) -> Any:  # only called when the attribute is not found
+        new = type(self).renamed_fields.get(name)
+        if new is None:
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+        return renamed(new, name).fget(self)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        new = type(self).renamed_fields.get(name)
+        if new is not None:
+            renamed(new, name).fset(self, value)
+            return
+        super().__setattr__(name, value)
+
+    @classmethod
+    def _current_name(cls, name: str) -> str:
+        new = cls.renamed_fields.get(name)
+        if new is not None:
+            warnings.warn(f"{cls.__name__}.{name} is deprecated; use {new}", DeprecationWarning, stacklevel=3)
+        return new or name
 
     def check(self) -> None:
         """Raise ValueError (one line, naming the field) for a bad value of this config's own fields."""
@@ -60,6 +114,7 @@ class Config:
             raise ValueError(f"{cls.__name__}: expected a mapping, got {type(data).__name__}")
         hints = typing.get_type_hints(cls)
         names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+        data = {cls._current_name(k): v for k, v in data.items()}
         unknown = sorted(set(data) - names)
         if unknown:
             raise ValueError(f"{cls.__name__}: unknown field(s) {', '.join(unknown)}")
@@ -81,6 +136,7 @@ class Config:
                 target = getattr(target, section, None)
                 if not isinstance(target, Config):
                     raise ValueError(f"override {key!r}: {section!r} is not a section")
+            name = type(target)._current_name(name)
             hints = typing.get_type_hints(type(target))
             fields = {f.name for f in dataclasses.fields(target)}  # type: ignore[arg-type]
             if name not in fields or name.startswith("_"):
@@ -109,18 +165,27 @@ class Config:
         return rows
 
 
-def differing_keys(a: dict, b: dict, prefix: str = "") -> list[str]:
-    """Dotted keys where two nested settings dicts differ, compared as they read back from JSON
-    (tuples and lists alike): what a saved run or result is checked against."""
-    a, b = json.loads(json.dumps(a, default=str)), json.loads(json.dumps(b, default=str))
-    out = []
-    for key in sorted(set(a) | set(b)):
-        x, y = a.get(key), b.get(key)
-        if isinstance(x, dict) and isinstance(y, dict):
-            out += differing_keys(x, y, f"{prefix}{key}.")
-        elif x != y:
-            out.append(prefix + key)
-    return out
+def config_differences(old: Config | dict, new: Config | dict, *, ignore: tuple[str, ...] = ()) -> list[str]:
+    """The dotted keys (`model.quantizer.codebook_size`) whose values differ between two configs
+    or their saved dicts, sorted; tuples equal the lists JSON gives back. A key in `ignore`, or
+    under one (`"train"` covers `train.lr`), is left out."""
+    def as_data(config):
+        return json.loads(json.dumps(config.to_dict() if isinstance(config, Config) else config, default=str))
+
+    def walk(a: dict, b: dict, prefix: str) -> list[str]:
+        found = []
+        for key in sorted(set(a) | set(b)):
+            x, y = a.get(key), b.get(key)
+            if isinstance(x, dict) and isinstance(y, dict):
+                found += walk(x, y, f"{prefix}{key}.")
+            elif x != y:
+                found.append(prefix + key)
+        return found
+
+    def ignored(key: str) -> bool:
+        return any(key == name or key.startswith(name + ".") for name in ignore)
+
+    return [key for key in walk(as_data(old), as_data(new), "") if not ignored(key)]
 
 
 def _type_name(kind: Any) -> str:

@@ -43,7 +43,7 @@ from pathlib import Path
 
 from .classify.data import LABELLED_SETS
 from .classify.model import TokenClassifierConfig, classifier_preset
-from .config import Config, differing_keys
+from .config import Config, config_differences
 from .data.grid import pyplot
 from .files import atomic_path, atomic_write_json, atomic_write_text
 from .tokenizer.config import CPU_QUANTIZER_LR_SCALE, AutoencoderConfig, get_preset
@@ -293,7 +293,7 @@ def ensure_codebook(cfg: StudyConfig, mode: str, size: int, features: _Features)
         saved = json.loads(sidecar.read_text())["spec"]
         if saved == spec:
             return path
-        raise ValueError(f"{path} was built with other settings ({', '.join(differing_keys(saved, spec))} differ); "
+        raise ValueError(f"{path} was built with other settings ({', '.join(config_differences(saved, spec))} differ); "
                          "choose another --out")
     t0 = time.perf_counter()
     vectors, info = build_codebook_from_vectors(features(), None, size, mode, cfg.seed, iters=cfg.kmeans_iters)
@@ -358,7 +358,7 @@ def run_combination(cfg: StudyConfig, combo: Combination, features: _Features) -
         if done.get("spec") == spec:
             log.info("%s: finished earlier, skipped", combo.name)
             return done
-        differ = differing_keys(done.get("spec", {}), spec)
+        differ = config_differences(done.get("spec", {}), spec)
         raise ValueError(f"{folder} was trained with other settings ({', '.join(differ)} differ); choose another "
                          f"--out, or delete {folder} to retrain it")
     codebook = ensure_codebook(cfg, combo.codebook, combo.size, features) if combo.codebook else None
@@ -367,7 +367,7 @@ def run_combination(cfg: StudyConfig, combo: Combination, features: _Features) -
     if (folder / STATE_NAME).is_file() and (folder / "train_config.json").is_file():
         saved = json.loads((folder / "train_config.json").read_text())
         planned = _json(train_config.to_dict())
-        differ = [k for k in differing_keys(saved, planned) if k.split(".")[0] not in free_train_fields()]
+        differ = [k for k in config_differences(saved, planned) if k.split(".")[0] not in free_train_fields()]
         if differ:
             raise ValueError(f"{folder} holds an unfinished run with other settings ({', '.join(differ)} differ); "
                              f"choose another --out, or delete {folder} to retrain it")

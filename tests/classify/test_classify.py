@@ -9,21 +9,15 @@ from PIL import Image
 from vqgan_lc.classify import TokenClassifier, TokenClassifierConfig, classify, tokenizer_codes
 from vqgan_lc.cli import main
 from vqgan_lc.pretrained import load_pretrained
-from vqgan_lc.quantize import QuantizerConfig
-from vqgan_lc.tokenizer.config import AutoencoderConfig, TokenizerConfig
 from vqgan_lc.tokenizer.model import VQModel
 
-TINY = dict(num_codes=32, grid=(4, 4), num_classes=3, code_dim=4, width=16, depth=1, heads=2)
+TINY = dict(codebook_size=32, grid=(4, 4), num_classes=3, code_dim=4, width=16, depth=1, heads=2)
 
 
 @pytest.fixture(scope="module")
-def tokenizer(tmp_path_factory):
-    torch.manual_seed(0)
-    ae = AutoencoderConfig(resolution=32, ch=8, ch_mult=(1, 2, 2, 2), num_res_blocks=1, attn_resolutions=(),
-                           z_channels=8, norm_groups=4)
-    model = VQModel(TokenizerConfig(ae, QuantizerConfig(kind="lc", codebook_size=32, dim=4, codebook_dim=16)))
+def tokenizer(tmp_path_factory, tiny_tokenizer):
     path = tmp_path_factory.mktemp("tok") / "tokenizer"
-    model.save_pretrained(path)
+    tiny_tokenizer(path, ch_mult=(1, 2, 2, 2))
     return path
 
 
@@ -65,10 +59,10 @@ def test_logits_shape_save_load_and_bad_maps(embed, tmp_path):
 
 
 def test_codebook_embedding_reads_the_entries_and_parameters_do_not_grow_with_n():
-    small = TokenClassifier(TokenClassifierConfig(**{**TINY, "num_codes": 32}), torch.randn(32, 4))
-    large = TokenClassifier(TokenClassifierConfig(**{**TINY, "num_codes": 4096}), torch.randn(4096, 4))
+    small = TokenClassifier(TokenClassifierConfig(**{**TINY, "codebook_size": 32}), torch.randn(32, 4))
+    large = TokenClassifier(TokenClassifierConfig(**{**TINY, "codebook_size": 4096}), torch.randn(4096, 4))
     assert small.num_parameters(trainable_only=True) == large.num_parameters(trainable_only=True)
-    index = TokenClassifier(TokenClassifierConfig(**{**TINY, "num_codes": 4096, "embed": "index"}))
+    index = TokenClassifier(TokenClassifierConfig(**{**TINY, "codebook_size": 4096, "embed": "index"}))
     assert index.num_parameters(trainable_only=True) > large.num_parameters(trainable_only=True) + 4000 * 16
     # two ids with the same entry embed alike; the embedding depends on the entry, not the id
     codes = torch.randn(32, 4)

@@ -90,21 +90,18 @@ def test_codebook_info_refuses_a_nan_codebook_in_one_line(tmp_path, capsys):
     assert "NaN or infinite values (1 of 6 entries)" in err and "\n" not in err
 
 
-def test_a_tokenizer_refuses_a_degenerate_codebook_file(tmp_path):
-    """The quantizer takes tensors; the tokenizer reads the file, and the file's checks hold there."""
-    from vqgan_lc.tokenizer.config import get_preset
-    from vqgan_lc.tokenizer.model import VQModel
+def test_an_lc_tokenizer_refuses_a_degenerate_codebook_file(tmp_path):
+    from vqgan_lc.tokenizer import VQModel, get_preset
 
     path = _write_raw(tmp_path / "zeros.safetensors", torch.zeros(16, 6))
-    config = get_preset("vqgan-lc-tiny")
     with pytest.raises(ValueError, match="all zeros"):
-        VQModel(config, str(path))
+        VQModel(get_preset("vqgan-lc-tiny"), str(path))
 
 
 def test_one_entry_and_distinct_entries_pass_without_warning(tmp_path, caplog):
     with caplog.at_level("WARNING", logger="vqgan_lc.codebook.io"):
         save_codebook(tmp_path / "one.safetensors", torch.tensor([[0.5, -1.0]]), {})
-        assert load_codebook(tmp_path / "one.safetensors").size == 1
+        assert load_codebook(tmp_path / "one.safetensors").codebook_size == 1
         # rows equal in their first columns but not everywhere are distinct entries
         vectors = torch.zeros(10, 6)
         vectors[:, 5] = torch.arange(10.0)

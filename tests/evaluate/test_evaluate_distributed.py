@@ -1,12 +1,7 @@
 """`vqgan-lc eval` under torchrun: each rank evaluates a slice, the merged report equals one process."""
 import json
 
-import torch
-
 from vqgan_lc.evaluate.evaluator import EvalConfig, evaluate_checkpoint
-from vqgan_lc.quantize import QuantizerConfig
-from vqgan_lc.tokenizer.config import AutoencoderConfig, TokenizerConfig
-from vqgan_lc.tokenizer.model import VQModel
 
 KEYS = ("num_images", "num_tokens", "num_used", "utilization", "perplexity", "psnr", "psnr_y", "ssim", "perceptual",
         "fd_lite0")
@@ -22,12 +17,8 @@ def _worker(rank, checkpoint, out):
     assert (report is None) == (rank != 0)  # only the main process returns (and writes) the report
 
 
-def test_two_process_eval_equals_one_process(tmp_path, run_ranks):
-    torch.manual_seed(0)
-    ae = AutoencoderConfig(resolution=32, ch=8, ch_mult=(1, 2, 2), num_res_blocks=1, attn_resolutions=(),
-                           z_channels=8, norm_groups=4)
-    VQModel(TokenizerConfig(ae, QuantizerConfig(kind="lc", codebook_size=64, dim=4, codebook_dim=16))).save_pretrained(
-        tmp_path / "tok")
+def test_two_process_eval_equals_one_process(tmp_path, run_ranks, tiny_tokenizer):
+    tiny_tokenizer(tmp_path / "tok", codebook_size=64)
     single = evaluate_checkpoint(str(tmp_path / "tok"), "demo:eval:12", tmp_path / "one", _config(), device="cpu",
                                  progress=False)
     run_ranks(_worker, str(tmp_path / "tok"), str(tmp_path / "two"))

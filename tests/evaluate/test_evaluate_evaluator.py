@@ -20,7 +20,7 @@ class FakeTokenizer(nn.Module):
 
     def __init__(self, noise: float = 0.0):
         super().__init__()
-        self.num_codes = NUM_CODES
+        self.codebook_size = NUM_CODES
         self.noise = noise
         self.gain = nn.Parameter(torch.ones(()))
 

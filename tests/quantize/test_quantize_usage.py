@@ -28,17 +28,17 @@ def test_code_counts_accepts_int32_and_empty_input():
 
 
 @pytest.mark.parametrize(
-    "indices,num_codes,message",
+    "indices,codebook_size,message",
     [
         (torch.tensor([0, 5]), 5, r"\[0, 5\), got index 5"),
         (torch.tensor([-1, 2]), 5, "negative index"),
         (torch.tensor([0.0, 1.0]), 5, "integer tensor"),
-        (torch.tensor([0, 1]), 0, "num_codes must be >= 1"),
+        (torch.tensor([0, 1]), 0, "codebook_size must be >= 1"),
     ],
 )
-def test_code_counts_rejects_bad_input_in_one_line(indices, num_codes, message):
+def test_code_counts_rejects_bad_input_in_one_line(indices, codebook_size, message):
     with pytest.raises(ValueError, match=message) as info:
-        code_counts(indices, num_codes)
+        code_counts(indices, codebook_size)
     assert "\n" not in str(info.value)
 
 

@@ -99,12 +99,16 @@ def test_reconstruction_switch_l1_l2():
         assert logs["rec"] == pytest.approx(expected)
 
 
-def test_generator_loss_before_disc_start_has_no_gan_term():
+def _generator_setup(**loss):
+    """A seeded loss without perceptual term, a tiny decoder, a batch and its reconstruction."""
     torch.manual_seed(0)
-    cfg = LossConfig(perceptual="none", disc_start=100, quantizer_weight=0.1, reconstruction_weight=2.0)
-    loss, dec = TokenizerLoss(cfg), TinyDecoder()
+    criterion, dec = TokenizerLoss(LossConfig(perceptual="none", **loss)), TinyDecoder()
     images = _batch()
-    recon = dec(images * 0.5)
+    return criterion, dec, images, dec(images * 0.5)
+
+
+def test_generator_loss_before_disc_start_has_no_gan_term():
+    loss, dec, images, recon = _generator_setup(disc_start=100, quantizer_weight=0.1, reconstruction_weight=2.0)
     q = torch.tensor(0.7, requires_grad=True)
     total, logs = loss.generator_loss(images, recon, q, step=99, last_layer=dec.conv_out.weight)
     expected = 2.0 * (recon - images).abs().mean() + 0.1 * 0.7
@@ -117,11 +121,7 @@ def test_generator_loss_before_disc_start_has_no_gan_term():
 
 
 def test_generator_loss_after_disc_start_adds_weighted_gan_term():
-    torch.manual_seed(0)
-    cfg = LossConfig(perceptual="none", disc_start=5, disc_weight=0.1, quantizer_weight=0.0)
-    loss, dec = TokenizerLoss(cfg), TinyDecoder()
-    images = _batch()
-    recon = dec(images * 0.5)
+    loss, dec, images, recon = _generator_setup(disc_start=5, disc_weight=0.1, quantizer_weight=0.0)
     total, logs = loss.generator_loss(images, recon, torch.tensor(0.0), step=5, last_layer=dec.conv_out.weight)
     assert logs["adaptive_weight"] > 0
     assert logs["g_loss"] != 0

@@ -35,7 +35,8 @@ EMBEDDINGS = ("codebook", "index")
 
 @dataclass
 class TokenClassifierConfig(Config):
-    num_codes: int = 16_384          # vocabulary: the tokenizer's codebook size
+    renamed_fields = {"num_codes": "codebook_size"}  # saved configs of earlier versions still load
+    codebook_size: int = 16_384      # vocabulary: the tokenizer's codebook size
     grid: tuple[int, int] = (16, 16)  # token map (h, w)
     num_classes: int = 1000
     embed: str = "codebook"          # "codebook" (entry -> linear, default) | "index" (learned row per id)
@@ -49,8 +50,8 @@ class TokenClassifierConfig(Config):
     def check(self) -> None:
         if self.embed not in EMBEDDINGS:
             raise ValueError(f"classifier embed must be one of {EMBEDDINGS}, got {self.embed!r}")
-        if min(self.num_codes, self.num_classes, self.code_dim, self.width, self.depth, self.heads) < 1:
-            raise ValueError("classifier num_codes, num_classes, code_dim, width, depth and heads must be positive")
+        if min(self.codebook_size, self.num_classes, self.code_dim, self.width, self.depth, self.heads) < 1:
+            raise ValueError("classifier codebook_size, num_classes, code_dim, width, depth and heads must be positive")
         if len(self.grid) != 2 or min(self.grid) < 1:
             raise ValueError(f"classifier grid must be two positive numbers (h, w), got {self.grid}")
         if self.width % self.heads:
@@ -96,7 +97,7 @@ class TokenClassifier(PretrainedModel):
         super().__init__(config)
         c = config
         if c.embed == "codebook":
-            self.register_buffer("codes", torch.zeros(c.num_codes, c.code_dim))
+            self.register_buffer("codes", torch.zeros(c.codebook_size, c.code_dim))
             # The LayerNorm puts every tokenizer's entries on one scale: learned VQGAN entries
             # and projected LC entries live at very different norms.
             self.token_embed = nn.Sequential(nn.Linear(c.code_dim, c.width), nn.LayerNorm(c.width))
@@ -105,7 +106,7 @@ class TokenClassifier(PretrainedModel):
         else:
             if codes is not None:
                 raise ValueError("codes are used by embed='codebook' only; leave them out for embed='index'")
-            self.token_embed = nn.Embedding(c.num_codes, c.width)
+            self.token_embed = nn.Embedding(c.codebook_size, c.width)
             nn.init.normal_(self.token_embed.weight, std=0.02)
         self.pos_embed = nn.Parameter(torch.zeros(1, c.grid[0] * c.grid[1], c.width))
         nn.init.normal_(self.pos_embed, std=0.02)
@@ -121,7 +122,7 @@ class TokenClassifier(PretrainedModel):
         """Store the tokenizer's (N, D') latent entries that the "codebook" embedding reads."""
         if self.config.embed != "codebook":
             raise ValueError("this classifier embeds token ids (embed='index'); it keeps no codebook")
-        expected = (self.config.num_codes, self.config.code_dim)
+        expected = (self.config.codebook_size, self.config.code_dim)
         if tuple(codes.shape) != expected:
             raise ValueError(f"codebook of shape {tuple(codes.shape)} does not fit this classifier ({expected[0]} x "
                              f"{expected[1]}); build the classifier from the tokenizer that made the tokens")
@@ -142,8 +143,8 @@ class TokenClassifier(PretrainedModel):
         if tokens.is_floating_point():
             raise ValueError(f"token ids must be integers, got {tokens.dtype}")
         tokens = tokens.long()
-        if tokens.numel() and (int(tokens.min()) < 0 or int(tokens.max()) >= self.config.num_codes):
-            raise ValueError(f"token ids must lie in [0, {self.config.num_codes}), got range "
+        if tokens.numel() and (int(tokens.min()) < 0 or int(tokens.max()) >= self.config.codebook_size):
+            raise ValueError(f"token ids must lie in [0, {self.config.codebook_size}), got range "
                              f"[{int(tokens.min())}, {int(tokens.max())}]; was the map made by another tokenizer?")
         x = self.blocks(self.embed(tokens) + self.pos_embed)
         return self.head(self.norm(x).mean(dim=1))

@@ -12,7 +12,7 @@ from . import common
 
 _ClassifyParser = common.parser_listing_keys("vqgan_lc.classify.training:ClassifierTrainConfig",
                                              "--set keys (model.* reach the ViT, e.g. model.depth=6; "
-                                             "num_codes, grid, num_classes and code_dim come from the caches):")
+                                             "codebook_size, grid, num_classes and code_dim come from the caches):")
 
 
 def register(sub) -> None:

@@ -16,8 +16,8 @@ def register(sub) -> None:
     p = cb.add_parser("build", help="extract features of DATA (cached) and cluster them into a codebook file",
                       parents=[common.parent(common.device, common.download)])
     # every other flag comes from CodebookBuildConfig: its types, defaults and comments
-    common.add_config_flags(p, CodebookBuildConfig, positional=("data",), required=("size", "out"),
-                            skip=("mode", "device"))
+    common.add_config_flags(p, CodebookBuildConfig, positional=("data",), required=("codebook_size", "out"),
+                            skip=("mode", "device"), aliases={"codebook_size": ("--size",)})
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--per-class", dest="mode", action="store_const", const="per-class",
                       help="k-means inside each class, size/classes entries each (the paper)")

@@ -84,16 +84,16 @@ def field_comments(config_class) -> dict[str, str]:
 
 
 def add_config_flags(parser: argparse.ArgumentParser, config_class, *, skip: tuple[str, ...] = (),
-                     positional: tuple[str, ...] = (), required: tuple[str, ...] = ()) -> None:
+                     positional: tuple[str, ...] = (), required: tuple[str, ...] = (),
+                     aliases: dict[str, tuple[str, ...]] | None = None) -> None:
     """One flag per field of the `Config` dataclass `config_class`: `--batch-size` for
     `batch_size`, parsed as the field's type, defaulting to the field's default, with the field's
     comment as its help. A bool field gets `--name / --no-name`. `positional` fields become
     arguments, `required` ones mandatory flags; `skip` leaves fields to the caller (say, a flag
-    group of its own). The defaults are then written once, in the dataclass."""
+    group of its own); `aliases` adds option strings (`{"codebook_size": ("--size",)}`). The
+    defaults are then written once, in the dataclass."""
     import dataclasses
     import typing
-
-    from ..config import parse_value
 
     hints = typing.get_type_hints(config_class)
     defaults = config_class()
@@ -104,20 +104,23 @@ def add_config_flags(parser: argparse.ArgumentParser, config_class, *, skip: tup
         kind, default = hints[f.name], getattr(defaults, f.name)
         text = comments.get(f.name, "").replace("%", "%%")
         if f.name in positional:
-            parser.add_argument(f.name, type=_config_value(kind, parse_value), help=text or None)
+            parser.add_argument(f.name, type=_config_value(kind), help=text or None)
             continue
-        flag = "--" + f.name.replace("_", "-")
+        flags = ("--" + f.name.replace("_", "-"), *(aliases or {}).get(f.name, ()))
         if kind is bool:
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=text or None)
+            parser.add_argument(*flags, action=argparse.BooleanOptionalAction, default=default, help=text or None)
         elif f.name in required:
-            parser.add_argument(flag, type=_config_value(kind, parse_value), required=True, help=text or None)
+            parser.add_argument(*flags, type=_config_value(kind), required=True, help=text or None)
         else:
             shown = "" if default is None or "default" in text else f"default {default!r}".replace("%", "%%")
-            parser.add_argument(flag, type=_config_value(kind, parse_value), default=default,
+            parser.add_argument(*flags, type=_config_value(kind), default=default,
                                 help=" ".join(filter(None, (text, f"({shown})" if text and shown else shown))) or None)
 
 
-def _config_value(kind, parse_value):
+def _config_value(kind):
+    """An argparse type parsing a field annotated `kind` the way `--set key=value` does."""
+    from ..config import parse_value
+
     def parse(text: str):
         try:
             return parse_value(text, kind)

@@ -147,7 +147,7 @@ def export(args) -> int:
     common.writable_out(args.out)
     model = _load(args.checkpoint, "cpu")
     export_for_inference(model).save_pretrained(args.out)
-    print(f"inference export (projected {model.num_codes} x {model.quantizer.dim} codebook) written to {args.out}")
+    print(f"inference export (projected {model.codebook_size} x {model.quantizer.dim} codebook) written to {args.out}")
     return 0
 
 

@@ -7,6 +7,8 @@ gaussian) -> `save_codebook`, read back with `load_codebook` and handed to the L
 The names below load on first use, so that `vqgan_lc.codebook.config` (the command line's
 flags) is read without torch.
 """
+from vqgan_lc import lazy_attributes
+
 _LAZY = {
     "CODEBOOK_MODES": "vqgan_lc.codebook.config",
     "CodebookBuildConfig": "vqgan_lc.codebook.config",
@@ -36,11 +38,4 @@ _LAZY = {
 __all__ = sorted(_LAZY)
 
 
-def __getattr__(name: str):
-    if name in _LAZY:
-        import importlib
-
-        value = getattr(importlib.import_module(_LAZY[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'vqgan_lc.codebook' has no attribute {name!r}")
+__getattr__ = lazy_attributes(__name__, _LAZY)

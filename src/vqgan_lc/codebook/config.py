@@ -12,8 +12,9 @@ CODEBOOK_MODES = ("per-class", "global", "random-select", "gaussian")
 
 @dataclass
 class CodebookBuildConfig(Config):
+    renamed_fields = {"size": "codebook_size"}
     data: str = ""                     # image folder (class sub-folders -> labels) or a .txt list
-    size: int = 16_384                 # entries N
+    codebook_size: int = 16_384        # entries N
     out: str = "codebook.safetensors"  # codebook file to write (.safetensors)
     backbone: str = "efficientnet-lite0"  # feature backbone (efficientnet-lite0, clip-vit-l14, ...)
     backbone_weights: str | None = None  # local weights file or folder for the backbone
@@ -40,9 +41,12 @@ class CodebookBuildConfig(Config):
             raise ValueError("codebook build needs the image folder or list (data)")
         if self.exemplars < 0:
             raise ValueError(f"exemplars per entry must be >= 0 (0: record none), got {self.exemplars}")
-        if self.size < 1 or (self.pool is not None and self.pool < 1) or self.iters < 1 or self.batch_size < 1 or self.workers < 0:
-            raise ValueError(f"size, pool, iters and batch size must be >= 1 (got {self.size}, {self.pool}, "
-                             f"{self.iters}, {self.batch_size}) and workers >= 0")
+        for name in ("codebook_size", "pool", "iters", "batch_size"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value}")
+        if self.workers < 0:
+            raise ValueError(f"workers must be >= 0 (0: decode in this process), got {self.workers}")
         if self.mode not in ("auto", *CODEBOOK_MODES):
             raise ValueError(f"mode must be auto or one of {', '.join(CODEBOOK_MODES)}, got {self.mode!r}")
         if self.init not in ("random", "k-means++") or self.assign not in ("auto", "exact", "ivf"):

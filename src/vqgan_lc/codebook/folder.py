@@ -53,7 +53,7 @@ def build_codebook_file(config: CodebookBuildConfig):
     labels = store.vector_labels()
     mode = config.mode if config.mode != "auto" else ("per-class" if labels is not None else "global")
     started = time.time()
-    vectors, info = build_codebook_from_vectors(store.vectors, labels, config.size, mode, config.seed,
+    vectors, info = build_codebook_from_vectors(store.vectors, labels, config.codebook_size, mode, config.seed,
                                                 iters=config.iters, assign=config.assign, init=config.init)
     manifest = store.manifest
     metadata = {**store.origin(), **info, "num_images": store.num_images, "num_skipped": manifest["num_skipped"],
@@ -75,7 +75,7 @@ def build_codebook_file(config: CodebookBuildConfig):
               f"-> {exemplars_path(config.out)}")
     if config.progress:
         inertia = f", inertia {info['inertia']:.6g}" if "inertia" in info else ""
-        print(f"codebook: {config.size} x {vectors.shape[1]} ({mode}) from {info['num_vectors']} vectors of "
+        print(f"codebook: {config.codebook_size} x {vectors.shape[1]} ({mode}) from {info['num_vectors']} vectors of "
               f"{store.num_images} images in {time.time() - started:.1f} s{inertia} -> {config.out}")
         if "cluster_size_histogram" in info:
             bins = "  ".join(f"{lo}-{hi}:{count}" for lo, hi, count in info["cluster_size_histogram"] if count)

@@ -3,7 +3,8 @@
 safetensors metadata is a str -> str map; every value is stored JSON-encoded so numbers
 come back as numbers. Typical keys: backbone, layer, input_size, pooling, mode, k, seed,
 inertia, num_images, num_vectors, fingerprint, and for per-class codebooks
-entries_per_class / class_names. The LC quantizer loads the file with `load_codebook`.
+entries_per_class / class_names. `VQModel` (given a path) reads the file with `load_codebook` and
+hands its tensor to the LC quantizer.
 
 Both `save_codebook` and `load_codebook` refuse a codebook no quantizer can use (no entries,
 NaN/inf values, every entry the same vector) and warn when many entries repeat another.
@@ -21,6 +22,7 @@ import torch
 
 if TYPE_CHECKING:
     from .exemplars import Exemplars
+from ..config import renamed
 
 CODEBOOK_KEY = "codebook"
 FORMAT_VERSION = 1
@@ -38,8 +40,10 @@ class Codebook:
     exemplars: "Exemplars | None" = None  # nearest feature vectors per entry (codebook/exemplars.py), from builds
 
     @property
-    def size(self) -> int:
+    def codebook_size(self) -> int:
         return int(self.vectors.shape[0])
+
+    size = renamed("codebook_size", "size")
 
     @property
     def dim(self) -> int:
@@ -138,7 +142,7 @@ def load_codebook(path: str | os.PathLike) -> Codebook:
 
 def describe_codebook(codebook: Codebook, path: str = "") -> str:
     """Human-readable summary for `vqgan-lc codebook info` (long lists abbreviated)."""
-    lines = [f"codebook {path}".rstrip(), f"  entries x dim: {codebook.size} x {codebook.dim}"]
+    lines = [f"codebook {path}".rstrip(), f"  entries x dim: {codebook.codebook_size} x {codebook.dim}"]
     norms = codebook.vectors.norm(dim=1)
     lines.append(f"  entry norm: mean {norms.mean():.4g}  min {norms.min():.4g}  max {norms.max():.4g}")
     for key in sorted(codebook.metadata):

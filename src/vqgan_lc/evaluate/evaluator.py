@@ -92,7 +92,7 @@ def evaluate_tokenizer(model, loader, config: EvalConfig, *, device="cpu", grid_
     """Evaluate `model` on every batch {"image": (B,3,H,W) in [-1, 1]} of `loader`; returns the report.
 
     `model(images)` must return an object with `.reconstruction` (B,3,H,W) and
-    `.quantizer.indices` (B,h,w); `model.num_codes` is the codebook size.
+    `.quantizer.indices` (B,h,w); `model.codebook_size` is the codebook size.
     """
     device = torch.device(device)
     core = getattr(model, "module", model)  # DDP-wrapped or not
@@ -104,7 +104,7 @@ def evaluate_tokenizer(model, loader, config: EvalConfig, *, device="cpu", grid_
     moments = {k: RunningMoments(lite0.dim, device) for k in ("lite0_real", "lite0_fake")}
     if incep is not None:
         moments.update({k: RunningMoments(incep.dim, device) for k in ("incep_real", "incep_fake")})
-    usage = UsageAccumulator(core.num_codes, device=device)
+    usage = UsageAccumulator(core.codebook_size, device=device)
     # num_images; sums of psnr, psnr_y, ssim, perceptual over images; num_skipped; num_upscaled
     sums = torch.zeros(7, dtype=torch.float64, device=device)
     grid_real, grid_fake = [], []
@@ -263,7 +263,7 @@ def write_report(report: dict, path) -> None:
 def token_usage(model, loader, device="cpu") -> dict:
     """`usage_stats` of the token ids `model.encode` gives for every batch of `loader`, without the
     image metrics: utilization over a window larger than the metrics need."""
-    usage = UsageAccumulator(model.num_codes, device=device)
+    usage = UsageAccumulator(model.codebook_size, device=device)
     for batch in loader:
         usage.update(model.encode(batch["image"].to(device)).indices)
     return usage.stats()

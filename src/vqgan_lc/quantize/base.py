@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
+from ..config import renamed
 from .config import QuantizerConfig
 from .search import codebook_sq_norms, nearest_codes
 from .usage import code_counts
@@ -78,8 +79,11 @@ class Quantizer(nn.Module, ABC):
 
     # --- shared machinery --------------------------------------------------------------------
     @property
-    def num_codes(self) -> int:
+    def codebook_size(self) -> int:
+        """N: the number of codebook entries (token ids lie in [0, N))."""
         return self.config.codebook_size
+
+    num_codes = renamed("codebook_size", "num_codes")
 
     @property
     def dim(self) -> int:
@@ -143,7 +147,7 @@ class Quantizer(nn.Module, ABC):
             # are, so decode(quantized) equals decode_indices(indices) bit for bit.
             zq_flat = z_flat + (zq_flat - z_flat).detach()
         quantized = rearrange(zq_flat, "(b h w) d -> b d h w", b=b, h=h, w=w)
-        return QuantizerOutput(quantized, indices.view(b, h, w), loss, code_counts(indices, self.num_codes))
+        return QuantizerOutput(quantized, indices.view(b, h, w), loss, code_counts(indices, self.codebook_size))
 
     def loss(self, z_flat: torch.Tensor, zq_flat: torch.Tensor) -> torch.Tensor:
         """alpha*||sg(zq)-z||^2 + beta*||zq-sg(z)||^2: (alpha + beta) x MSE in value, in every mode.
@@ -164,8 +168,8 @@ class Quantizer(nn.Module, ABC):
         # The range check reads values back to Python, which breaks a torch.compile graph in
         # two (and syncs a GPU), so compiled code skips it; eager calls keep the clear error.
         if (not torch.compiler.is_compiling() and indices.numel()
-                and (int(indices.min()) < 0 or int(indices.max()) >= self.num_codes)):
-            raise ValueError(f"indices must lie in [0, {self.num_codes}), got range "
+                and (int(indices.min()) < 0 or int(indices.max()) >= self.codebook_size)):
+            raise ValueError(f"indices must lie in [0, {self.codebook_size}), got range "
                              f"[{int(indices.min())}, {int(indices.max())}]")
         entries = self.search_codebook()[0]
         latents = F.embedding(indices.long(), entries)

@@ -8,24 +8,27 @@ statistic covers the whole set rather than one process's window.
 from __future__ import annotations
 
 import math
+import warnings
 
 import torch
+
 from .. import distributed
+from ..config import renamed
 
 
-def code_counts(indices: torch.Tensor, num_codes: int) -> torch.Tensor:
-    """How often each code occurs in ``indices`` (any shape): int64 ``(num_codes,)``."""
-    if num_codes < 1:
-        raise ValueError(f"num_codes must be >= 1, got {num_codes}")
+def code_counts(indices: torch.Tensor, codebook_size: int) -> torch.Tensor:
+    """How often each code occurs in ``indices`` (any shape): int64 ``(codebook_size,)``."""
+    if codebook_size < 1:
+        raise ValueError(f"codebook_size must be >= 1, got {codebook_size}")
     if indices.is_floating_point() or indices.is_complex() or indices.dtype == torch.bool:
         raise ValueError(f"indices must be an integer tensor, got {indices.dtype}")
     # bincount already finds the range (one device sync on CUDA); its checks replace ours.
     try:
-        counts = torch.bincount(indices.reshape(-1).long(), minlength=num_codes)
+        counts = torch.bincount(indices.reshape(-1).long(), minlength=codebook_size)
     except RuntimeError as err:
-        raise ValueError(f"indices must lie in [0, {num_codes}), got a negative index") from err
-    if counts.numel() != num_codes:
-        raise ValueError(f"indices must lie in [0, {num_codes}), got index {counts.numel() - 1}")
+        raise ValueError(f"indices must lie in [0, {codebook_size}), got a negative index") from err
+    if counts.numel() != codebook_size:
+        raise ValueError(f"indices must lie in [0, {codebook_size}), got index {counts.numel() - 1}")
     return counts
 
 
@@ -78,15 +81,22 @@ class UsageAccumulator:
     right before reading ``stats()``, then ``reset()`` before the next window.
     """
 
-    def __init__(self, num_codes: int, device: torch.device | str | None = None):
-        if num_codes < 1:
-            raise ValueError(f"num_codes must be >= 1, got {num_codes}")
-        self.num_codes = num_codes
-        self.counts = torch.zeros(num_codes, dtype=torch.int64, device=device)
+    num_codes = renamed("codebook_size", "num_codes")
+
+    def __init__(self, codebook_size: int | None = None, device: torch.device | str | None = None, *,
+                 num_codes: int | None = None):
+        if num_codes is not None:  # the keyword's former name
+            warnings.warn("UsageAccumulator(num_codes=...) is deprecated; use codebook_size", DeprecationWarning,
+                          stacklevel=2)
+            codebook_size = num_codes if codebook_size is None else codebook_size
+        if codebook_size is None or codebook_size < 1:
+            raise ValueError(f"codebook_size must be >= 1, got {codebook_size}")
+        self.codebook_size = codebook_size
+        self.counts = torch.zeros(codebook_size, dtype=torch.int64, device=device)
 
     def update(self, indices: torch.Tensor) -> None:
-        """Add the codes in ``indices`` (any shape of integer ids in [0, num_codes))."""
-        self.counts += code_counts(indices.to(self.counts.device), self.num_codes)
+        """Add the codes in ``indices`` (any shape of integer ids in [0, codebook_size))."""
+        self.counts += code_counts(indices.to(self.counts.device), self.codebook_size)
 
     def all_reduce(self) -> None:
         """Sum the counts across processes (one collective); a no-op without a process group."""

@@ -104,7 +104,7 @@ def encode_files(model: VQModel, paths: list[str], out_dir: str | os.PathLike,
     """One int32 (h, w) array of token ids per image (int64 only for codebooks beyond 2^31 entries)."""
     targets, summary = _plan(paths, out_dir, ".npy"), FileRunSummary()
     size = image_size or model.config.autoencoder.resolution
-    dtype = np.int32 if model.num_codes < 2**31 else np.int64
+    dtype = np.int32 if model.codebook_size < 2**31 else np.int64
     for images, kept in _image_batches(paths, targets, size, summary):
         indices = model.encode(images.to(model.device)).indices.cpu().numpy()
         for target, idx in zip(kept, indices):

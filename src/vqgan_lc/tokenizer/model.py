@@ -7,9 +7,11 @@ from dataclasses import dataclass, replace
 import torch
 from torch import nn
 
+from ..config import renamed
 from ..pretrained import PretrainedModel
 from ..quantize import Quantizer, QuantizerOutput, build_quantizer
 from ..quantize.base import Unpackable
+from ..quantize.lc import adopt_codebook
 from .autoencoder import Decoder, Encoder
 from .config import TokenizerConfig, get_preset
 
@@ -59,16 +61,18 @@ class VQModel(PretrainedModel):
 
             book = load_codebook(codebook)
             codebook, metadata = book.vectors, book.metadata
-        quantizer: Quantizer = build_quantizer(config.quantizer, codebook, metadata)
-        if quantizer.config is not config.quantizer:  # the codebook set other sizes
-            config = replace(config, quantizer=quantizer.config)
+        if codebook is not None and config.quantizer.kind == "lc":
+            adopted = adopt_codebook(config.quantizer, codebook)
+            if adopted is not config.quantizer:  # the codebook set other sizes
+                config = replace(config, quantizer=adopted)
         super().__init__(config)
         ae, q = config.autoencoder, config.quantizer
+        # built in this order, so a seed gives the same initial weights as ever
         self.encoder = Encoder(ae)
         self.decoder = Decoder(ae)
         self.quant_conv = nn.Conv2d(ae.z_channels, q.dim, 1)
         self.post_quant_conv = nn.Conv2d(q.dim, ae.z_channels, 1)
-        self.quantizer = quantizer
+        self.quantizer: Quantizer = build_quantizer(q, codebook, metadata)
 
     @classmethod
     def from_preset(cls, name: str, codebook: torch.Tensor | str | os.PathLike | None = None) -> "VQModel":
@@ -76,8 +80,11 @@ class VQModel(PretrainedModel):
 
     # --- sizes ---------------------------------------------------------------------------------
     @property
-    def num_codes(self) -> int:
-        return self.quantizer.num_codes
+    def codebook_size(self) -> int:
+        """N: the number of codebook entries (token ids lie in [0, N))."""
+        return self.quantizer.codebook_size
+
+    num_codes = renamed("codebook_size", "num_codes")
 
     def token_grid(self, image_size: int | tuple[int, int] | None = None) -> tuple[int, int]:
         """Token grid (h, w) for an image size (default: the configured resolution)."""

@@ -125,7 +125,7 @@ class TokenizerTask(TrainingTask):
 
     def build_optimizers(self, model: VQModel):
         cfg = self.config
-        self.usage = UsageAccumulator(model.num_codes, device=next(model.parameters()).device)
+        self.usage = UsageAccumulator(model.codebook_size, device=next(model.parameters()).device)
         # At the paper's single rate everything stays in one group (and one optimizer layout).
         quantizer = [p for p in model.quantizer.parameters() if p.requires_grad] if cfg.quantizer_lr_scale != 1.0 else []
         chosen = {id(p) for p in quantizer}

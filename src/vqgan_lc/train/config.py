@@ -6,13 +6,12 @@ recipe, applies `--set key=value` overrides, and validates once (`Config.validat
 """
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
-from ..config import Config, differing_keys
+from ..config import Config, config_differences
 
 T = TypeVar("T", bound="TrainConfig")
 
@@ -85,7 +84,7 @@ class TrainConfig(Config):
             saved = type(self).from_dict(saved).to_dict()
         except ValueError:  # written by another version or another family: compare as it is
             pass
-        return [key for key in differing_keys(saved, self.to_dict())
+        return [key for key in config_differences(saved, self.to_dict())
                 if key.split(".")[0] not in ignore]
 
     def resume_conflicts(self, saved: dict) -> list[str]:

@@ -337,8 +337,8 @@ def evaluate_combination(cfg: StudyConfig, model, folder: Path) -> dict:
     tokens = int(window["num_tokens"])
     return {
         "utilization": float(window["utilization"]), "num_used": int(window["num_used"]), "num_tokens": tokens,
-        "perplexity": float(window["perplexity"]), "tokens_per_entry": tokens / model.num_codes,
-        "uniform_ceiling": uniform_ceiling(tokens, model.num_codes),
+        "perplexity": float(window["perplexity"]), "tokens_per_entry": tokens / model.codebook_size,
+        "uniform_ceiling": uniform_ceiling(tokens, model.codebook_size),
         "utilization_eval_window": metrics["utilization"],
         **{k: metrics[k] for k in ("psnr", "psnr_y", "ssim", "perceptual", "perceptual_name", "fd_lite0",
                                    "num_images")},

@@ -33,7 +33,7 @@ def generator_info(generator_path: str, device: str = "cpu") -> dict:
             "samplers": list(family.samplers),
             "default_steps": {m: family.resolve_sampler(m, None)[1] for m in family.samplers},
             "num_classes": int(process.num_classes), "class_names": list(process.class_names),
-            "tokenizer": str(process.tokenizer), "codebook_size": int(pipeline.tokenizer.num_codes),
+            "tokenizer": str(process.tokenizer), "codebook_size": int(pipeline.tokenizer.codebook_size),
             "grid": list(process.grid)}
 
 

@@ -80,7 +80,7 @@ class AppState:
             self.model = VQModel.from_pretrained(tokenizer).to(device).eval()
         except Exception as err:  # any unreadable folder: one line, the app does not start
             raise ValueError(f"cannot read tokenizer {tokenizer}: {' '.join(str(err).split())}") from None
-        self.num_codes = int(self.model.num_codes)
+        self.codebook_size = int(self.model.codebook_size)
         self.resolution = int(self.model.config.autoencoder.resolution)
         self.compute = threading.Lock()  # one model call at a time: usage counting and requests share it
         self._load_codebook(codebook)
@@ -112,8 +112,8 @@ class AppState:
                                   "--codebook FILE to see exemplars")
             return
         book = load_codebook(self.codebook_path)
-        if book.size != self.num_codes:
-            raise ValueError(f"codebook {self.codebook_path} has {book.size} entries, the tokenizer {self.num_codes}; "
+        if book.codebook_size != self.codebook_size:
+            raise ValueError(f"codebook {self.codebook_path} has {book.codebook_size} entries, the tokenizer {self.codebook_size}; "
                              "pass the codebook the tokenizer was trained with (--codebook)")
         sizes = book.metadata.get("entries_per_class")
         if book.metadata.get("mode") == "per-class" and isinstance(sizes, list):
@@ -134,9 +134,9 @@ class AppState:
             info = generator_info(generator, self.device)
         except Exception as err:
             raise ValueError(f"cannot read generator {generator}: {' '.join(str(err).split())}") from None
-        if info["codebook_size"] != self.num_codes:
+        if info["codebook_size"] != self.codebook_size:
             raise ValueError(f"generator {generator} samples tokens of {info['tokenizer']} ({info['codebook_size']} "
-                             f"entries), not of {self.tokenizer_path} ({self.num_codes}); start the app on that tokenizer")
+                             f"entries), not of {self.tokenizer_path} ({self.codebook_size}); start the app on that tokenizer")
         self.generator = info
 
     def _open_data(self, data: str, max_images: int) -> None:
@@ -158,7 +158,7 @@ class AppState:
     def _count_usage(self) -> None:
         """Token counts over the first `usage.total` images (np.bincount per batch)."""
         started = time.perf_counter()
-        counts = np.zeros(self.num_codes, dtype=np.int64)
+        counts = np.zeros(self.codebook_size, dtype=np.int64)
         try:
             batch = []
             for i in range(self.usage.total):
@@ -167,7 +167,7 @@ class AppState:
                     batch.append(item["image"])
                 if len(batch) == 16 or (i == self.usage.total - 1 and batch):
                     ids = self._encode(torch.stack(batch))
-                    counts += np.bincount(ids.ravel(), minlength=self.num_codes)
+                    counts += np.bincount(ids.ravel(), minlength=self.codebook_size)
                     batch = []
                 self.usage.done = i + 1
             self.usage.counts = counts
@@ -187,7 +187,7 @@ class AppState:
         ex = self.exemplars
         return {
             "tokenizer": str(self.tokenizer_path), "codebook": str(self.codebook_path or ""),
-            "num_codes": self.num_codes, "resolution": self.resolution, "grid": list(self.model.token_grid()),
+            "codebook_size": self.codebook_size, "resolution": self.resolution, "grid": list(self.model.token_grid()),
             "quantizer": self.model.config.quantizer.kind,
             "per_class": self.entry_class is not None, "class_names": self.class_names,
             "exemplars": {"available": ex is not None, "note": self.exemplar_note,
@@ -245,8 +245,8 @@ class AppState:
         return None if self.entry_class is None else self.entry_class[ids.ravel()].tolist()
 
     def entry(self, entry: int) -> dict:
-        if not 0 <= entry < self.num_codes:
-            raise ValueError(f"entry {entry} does not exist: the codebook has entries 0..{self.num_codes - 1}")
+        if not 0 <= entry < self.codebook_size:
+            raise ValueError(f"entry {entry} does not exist: the codebook has entries 0..{self.codebook_size - 1}")
         counts = self.usage.counts
         found = {"entry": entry, "class": None, "class_name": None, "usage": None, "exemplars": [],
                  "exemplar_note": self.exemplar_note}
@@ -304,7 +304,7 @@ class AppState:
                              "count": int(((counts >= lo) & (counts < hi)).sum())})
             while len(bins) > 1 and bins[-1]["count"] == 0:
                 bins.pop()
-            found.update(num_tokens=int(counts.sum()), used=used, utilization=used / self.num_codes, histogram=bins,
+            found.update(num_tokens=int(counts.sum()), used=used, utilization=used / self.codebook_size, histogram=bins,
                          per_class=self._usage_per_class(counts))
         return found
 
@@ -328,7 +328,7 @@ class AppState:
         if counts is None:
             raise ValueError("usage is not counted yet" if self.usage.state == "running" else
                              "no evaluation set: start the app with --data DIR to browse entries by usage")
-        ids = np.arange(self.num_codes)
+        ids = np.arange(self.codebook_size)
         if order == "class":
             if self.entry_class is None:
                 raise ValueError("this codebook is not per-class: its entries belong to no class")

@@ -130,7 +130,7 @@ def classifier_config(model: str | TokenClassifierConfig, cache: str, out: str, 
     store, labels = _labelled_tokens(cache)
     header = store.header
     template = classifier_preset(model) if isinstance(model, str) else TokenClassifierConfig.from_dict(model.to_dict())
-    template.num_codes = int(header["codebook_size"])
+    template.codebook_size = int(header["codebook_size"])
     template.grid = tuple(int(g) for g in header["grid"])
     template.num_classes = max(len(store.class_names), int(labels.max()) + 1)
     template.code_dim = int(header["latent_dim"])
@@ -262,7 +262,7 @@ def classify(tokenizer: str | os.PathLike, train: str, val: str, out: str | os.P
     report = {
         "top1": scores["top1"], "train_top1": train_scores["top1"], "num_val": scores["num_images"],
         "num_train": train_scores["num_images"], "per_class_top1": scores["per_class_top1"],
-        "embed": config.model.embed, "tokenizer": os.path.abspath(tokenizer), "codebook_size": config.model.num_codes,
+        "embed": config.model.embed, "tokenizer": os.path.abspath(tokenizer), "codebook_size": config.model.codebook_size,
         "grid": list(config.model.grid), "num_classes": config.model.num_classes, "class_names": class_names,
         "steps": result.step,
         "train": str(train), "val": str(val), "seconds": round(time.perf_counter() - started, 1),

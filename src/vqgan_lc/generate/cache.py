@@ -95,7 +95,7 @@ def build_cache(config: CacheConfig) -> CacheStore | None:
 
     header = {"kind": config.kind, "tokenizer": os.path.abspath(config.tokenizer), "data": str(config.data),
               "image_size": size, "grid": list(grid), "flip": config.flip,
-              "codebook_size": model.num_codes, "latent_dim": model.quantizer.dim,
+              "codebook_size": model.codebook_size, "latent_dim": model.quantizer.dim,
               "tokenizer_config": _encoding_config(model.config.to_dict()),
               "tokenizer_fingerprint": tokenizer_fingerprint(config.tokenizer)}
     store = write_cache(dataset, encode, config.out, header=header, batch_size=config.batch_size,

@@ -530,7 +530,7 @@ def convert_reference(family: str, checkpoint: str | os.PathLike, out: str | os.
     if tokenizer_path is not None and tokenizer_path.is_dir():
         from ..tokenizer.model import VQModel
         folder_tokenizer = VQModel.from_pretrained(tokenizer_path)
-        num_ids, downsample = folder_tokenizer.num_codes, folder_tokenizer.config.autoencoder.downsample_factor
+        num_ids, downsample = folder_tokenizer.codebook_size, folder_tokenizer.config.autoencoder.downsample_factor
     elif tokenizer_state is not None:
         num_ids, downsample = _tokenizer_shape(tokenizer_state, str(tokenizer or f"{source} ({carried}*)"))
     else:
@@ -576,9 +576,9 @@ def convert_reference(family: str, checkpoint: str | os.PathLike, out: str | os.
             raise ValueError(f"{source}: the generator works on a {grid}x{grid} grid but the tokenizer makes "
                              f"{ae.resolution // ae.downsample_factor}x{ae.resolution // ae.downsample_factor}; "
                              "pass the tokenizer it was trained with")
-        if family == "gpt" and tokenizer_model.num_codes != model.config.vocab_size:
+        if family == "gpt" and tokenizer_model.codebook_size != model.config.vocab_size:
             raise ValueError(f"{source}: the GPT knows {model.config.vocab_size} image ids but the tokenizer has "
-                             f"{tokenizer_model.num_codes}; pass the tokenizer it was trained with")
+                             f"{tokenizer_model.codebook_size}; pass the tokenizer it was trained with")
         if family != "gpt" and model.config.in_channels != latent:
             raise ValueError(f"{source}: the generator works on {model.config.in_channels}-channel latents but the "
                              f"tokenizer makes {latent}; pass the tokenizer it was trained with")
@@ -606,7 +606,7 @@ def convert_reference(family: str, checkpoint: str | os.PathLike, out: str | os.
     process = ProcessConfig(
         family=family, diffusion_steps=1000, latent_scale=1.0, grid=(grid, grid),
         latent_dim=0 if tokens else model.config.in_channels,
-        codebook_size=model.config.vocab_size if tokens else (tokenizer_model.num_codes if tokenizer_model else 1),
+        codebook_size=model.config.vocab_size if tokens else (tokenizer_model.codebook_size if tokenizer_model else 1),
         num_classes=model.config.num_classes, image_size=grid * downsample if downsample else 0,
         tokenizer=TOKENIZER_DIR if tokenizer_model is not None else "",
         tokenizer_fingerprint=tokenizer_fingerprint(out / TOKENIZER_DIR) if tokenizer_model is not None else "",

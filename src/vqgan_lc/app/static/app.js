@@ -122,7 +122,7 @@ async function showEntry(panelId, entry) {
   if (data.usage) {
     const u = data.usage;
     usage.textContent = `used ${u.count} time${u.count === 1 ? "" : "s"} by the evaluation set (${u.num_images} images, ` +
-      `${u.num_tokens} tokens; ${(100 * u.share).toFixed(3)}% of them), rank ${u.rank} of ${INFO.num_codes}`;
+      `${u.num_tokens} tokens; ${(100 * u.share).toFixed(3)}% of them), rank ${u.rank} of ${INFO.codebook_size}`;
   } else {
     usage.textContent = INFO.data.count ? "usage of the evaluation set: still counting" :
       "usage: start the app with --data DIR to count how often an evaluation set uses it";
@@ -204,7 +204,7 @@ function renderUsage(u) {
   }
   if (u.state === "error") { $("usage-line").textContent = `counting usage failed: ${u.error}`; return; }
   if (u.state !== "done") { $("usage-line").textContent = `counting: ${u.done} of ${u.total} images…`; return; }
-  $("usage-line").textContent = `${u.used} of ${INFO.num_codes} entries used (${(100 * u.utilization).toFixed(1)}%) by ` +
+  $("usage-line").textContent = `${u.used} of ${INFO.codebook_size} entries used (${(100 * u.utilization).toFixed(1)}%) by ` +
     `${u.num_tokens} tokens of ${u.total} images of ${INFO.data.source} (counted in ${u.seconds} s)`;
   renderHistogram(u.histogram);
   if (u.per_class) {
@@ -316,7 +316,7 @@ async function start() {
   setupTabs();
   INFO = await api("/api/info");
   const ex = INFO.exemplars;
-  $("summary").textContent = `${INFO.tokenizer} · ${INFO.quantizer.toUpperCase()} codebook of ${INFO.num_codes} entries` +
+  $("summary").textContent = `${INFO.tokenizer} · ${INFO.quantizer.toUpperCase()} codebook of ${INFO.codebook_size} entries` +
     (INFO.per_class ? ` (per class, ${INFO.class_names.length} classes)` : "") +
     ` · ${INFO.resolution} px → ${INFO.grid[0]}×${INFO.grid[1]} tokens · ` +
     (ex.available ? `${ex.per_entry} exemplars per entry` : "no exemplars") +

@@ -24,7 +24,7 @@ CONFIGS = {
 # Commands whose flags fill no config field by name: `--set` overrides and recipe/preset names
 # (train, train-gen, classify's `--set`), file arguments (convert), or a group of subcommands.
 NO_CONFIG = {"train", "reconstruct", "encode", "decode", "export", "presets", "codebook", "codebook info", "convert",
-             "train-gen", "plot", ""}
+             "train-gen", "plot", "info", "app", ""}
 # Flags whose absence keeps the config's value: the command sets the field only when the flag is
 # given (study: `if getattr(args, name) is not None`), so None is "not given", not a default.
 ONLY_WHEN_GIVEN = {("study", "sizes"), ("study", "quantizers"), ("study", "steps"), ("study", "ablation"),

@@ -22,7 +22,7 @@ LAYERS: list[set[str]] = [
     {"codebook"},                          # features -> k-means -> the codebook file
     {"tokenizer"},                         # the VQGAN (reads codebook files)
     {"generate", "evaluate", "classify"},  # what runs on a tokenizer's tokens and latents
-    {"study", "demo"},                     # experiments composed of the above
+    {"study", "demo", "app"},              # experiments and the web page, composed of the above
     {"cli", "__main__"},                   # the command line
 ]
 LAYER_OF = {room: i for i, rooms in enumerate(LAYERS) for room in rooms}

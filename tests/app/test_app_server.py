@@ -57,7 +57,7 @@ def test_page_and_info_say_what_is_loaded(app, tiny_world):
     status, page = request(app, "/")
     assert status == 200 and b'id="tokenmap"' in page and b"/static/app.js" in page
     _, info = request(app, "/api/info")
-    assert info["num_codes"] == 8 and info["grid"] == [8, 8] and info["per_class"]
+    assert info["codebook_size"] == 8 and info["grid"] == [8, 8] and info["per_class"]
     assert info["codebook"] == str(tiny_world["codebook"])  # found through the run's train_config.json
     assert info["exemplars"] == {"available": True, "note": "", "per_entry": 3}
     assert info["generator"]["family"] == "gpt" and info["data"]["count"] == 8

@@ -44,14 +44,14 @@ def test_model_cache_and_samples_folders(tiny_generator_run, capsys):
 
 
 def test_a_new_kind_of_folder_is_one_function(tmp_path):
-    (tmp_path / "process.json").write_text("{}")
+    (tmp_path / "notebook.json").write_text("{}")
     assert pytest.raises(ValueError, describe, tmp_path)
 
-    def pipeline(folder: Path):
-        return {"kind": "pipeline folder"} if (folder / "process.json").is_file() else None
+    def notebook(folder: Path):
+        return {"kind": "lab notebook"} if (folder / "notebook.json").is_file() else None
 
-    folder_kind(pipeline)
+    folder_kind(notebook)
     try:
-        assert describe(tmp_path) == {"path": str(tmp_path), "kind": "pipeline folder"}
+        assert describe(tmp_path) == {"path": str(tmp_path), "kind": "lab notebook"}
     finally:
-        KINDS.remove(pipeline)
+        KINDS.remove(notebook)

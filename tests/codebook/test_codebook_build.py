@@ -4,7 +4,8 @@ import torch
 from torch import nn
 
 from vqgan_lc.codebook import build_codebook, build_codebook_from_vectors
-from vqgan_lc.codebook.build import class_groups, split_evenly
+from vqgan_lc.codebook.build import split_evenly
+from vqgan_lc.codebook.kmeans import class_groups
 
 
 def labelled_data(classes=3, per_class=120, dim=6, seed=0):

@@ -31,10 +31,11 @@ HELP_PRESETS = ("gpt-tiny", "dit-tiny", "sit-tiny", "ldm-tiny")
 def model_keys_help(preset: str) -> str:
     """The model.* `--set` keys of a generator preset with its values; the fields the cache
     decides are marked (they are set from the cache, not by the preset)."""
+    from ..generate.families import family_of
     from ..generate.training import model_config_for
 
     class Sizes:  # what a cache tells model_config_for, with stand-in values
-        header = {"kind": "tokens" if preset.startswith("gpt") else "latents", "grid": [16, 16],
+        header = {"kind": family_of(preset).data_kind, "grid": [16, 16],
                   "codebook_size": 16384, "latent_dim": 8}
         labels, class_names = None, ["a class"]
 
@@ -54,7 +55,7 @@ class _TrainGenParser(common.OneLineParser):
     preset: str | None = None
 
     def parse_known_args(self, args=None, namespace=None):
-        from ..generate.training import FAMILIES
+        from ..generate.families import FAMILIES
 
         self.preset = next((a for a in args or () if a.split("-", 1)[0] in FAMILIES and "-" in a), None)
         return super().parse_known_args(args, namespace)

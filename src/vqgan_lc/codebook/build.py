@@ -28,6 +28,7 @@ from vqgan_lc.codebook.features import feature_encoder, pooling_name
 from vqgan_lc.codebook.io import Codebook
 from vqgan_lc.codebook.kmeans import (
     ASSIGN_CHUNK,
+    class_groups,
     KMeansResult,
     as_float32_matrix,
     grouped_kmeans,
@@ -38,17 +39,6 @@ from vqgan_lc.codebook.two_level import two_level_kmeans
 from vqgan_lc.data.cache import encode_in_memory
 
 TWO_LEVEL_MIN_SIZE = 250_000
-
-
-def class_groups(labels: np.ndarray) -> tuple[list[int], list[slice | np.ndarray]]:
-    """Sorted class labels and, per class, its rows (a slice when the rows are contiguous)."""
-    labels = np.asarray(labels, dtype=np.int64)
-    classes, first, counts = np.unique(labels, return_index=True, return_counts=True)
-    if np.all(np.diff(labels) >= 0):  # sorted listing (class folders): contiguous rows
-        return classes.tolist(), [slice(int(f), int(f + c)) for f, c in zip(first, counts)]
-    order = np.argsort(labels, kind="stable")
-    bounds = np.concatenate([[0], np.cumsum(counts)])
-    return classes.tolist(), [order[bounds[i]:bounds[i + 1]] for i in range(len(classes))]
 
 
 def split_evenly(size: int, parts: int) -> list[int]:

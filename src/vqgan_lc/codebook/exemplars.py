@@ -183,7 +183,7 @@ def entry_groups(labels: np.ndarray | None, info: dict) -> list[tuple[slice | np
     """The (vector rows, entry slice) pairs of a per-class codebook (its build's `info`); None otherwise."""
     if info.get("mode") != "per-class" or labels is None:
         return None
-    from .build import class_groups
+    from .kmeans import class_groups
 
     _, rows = class_groups(labels)
     offsets = np.concatenate([[0], np.cumsum(info["entries_per_class"])])

@@ -270,3 +270,14 @@ def grouped_kmeans(
             return list(pool.map(run, range(len(groups))))
     finally:
         faiss.omp_set_num_threads(previous)
+
+
+def class_groups(labels: np.ndarray) -> tuple[list[int], list[slice | np.ndarray]]:
+    """Sorted class labels and, per class, its rows (a slice when the rows are contiguous)."""
+    labels = np.asarray(labels, dtype=np.int64)
+    classes, first, counts = np.unique(labels, return_index=True, return_counts=True)
+    if np.all(np.diff(labels) >= 0):  # sorted listing (class folders): contiguous rows
+        return classes.tolist(), [slice(int(f), int(f + c)) for f, c in zip(first, counts)]
+    order = np.argsort(labels, kind="stable")
+    bounds = np.concatenate([[0], np.cumsum(counts)])
+    return classes.tolist(), [order[bounds[i]:bounds[i + 1]] for i in range(len(classes))]

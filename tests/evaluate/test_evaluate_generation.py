@@ -8,6 +8,7 @@ import torch
 from PIL import Image
 from threadpoolctl import threadpool_limits
 
+from tiny_inception import TinyInception
 from vqgan_lc.data import build_dataset
 from vqgan_lc.evaluate import classifier as classifier_module
 from vqgan_lc.evaluate.classifier import classifier_key, load_or_train_classifier, predict
@@ -172,21 +173,6 @@ def test_fd_lite0_self_and_other_set(trained, reference, tmp_path, monkeypatch):
     assert same["guidance_scale"] is None
 
 
-class TinyInception(torch.nn.Module):
-    """Stands in for the FID Inception (whose weights the tests do not have): colour statistics
-    as "pool" (12-d) and "spatial" (27-d) features, and 5 "logits"."""
-
-    dim = 12
-    feature_dims = {"pool": 12, "spatial": 27, "logits": 5}
-
-    def __init__(self, weights=None, resize="clean"):
-        super().__init__()
-
-    def features(self, images255):
-        x = images255.float() / 127.5 - 1
-        pool = torch.nn.functional.adaptive_avg_pool2d(x, 2).flatten(1) * torch.linspace(0.5, 1.5, 12)
-        spatial = torch.nn.functional.adaptive_avg_pool2d(x, 3).flatten(1)
-        return {"pool": pool, "spatial": spatial, "logits": 4 * pool[:, :5]}
 
 
 def test_fid_when_inception_weights_are_present(trained, reference, tmp_path, monkeypatch):

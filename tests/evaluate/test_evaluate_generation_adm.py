@@ -12,6 +12,7 @@ import scipy.linalg
 import torch
 from threadpoolctl import threadpool_limits
 
+from tiny_inception import TinyInception
 from vqgan_lc.backbones import inception
 from vqgan_lc.cli import main
 from vqgan_lc.evaluate import generation
@@ -21,20 +22,6 @@ SIZE = 32
 METRICS = ("inception_score", "fid", "sfid", "precision", "recall", "fd_lite0")
 
 
-class TinyInception(torch.nn.Module):
-    """12-d "pool", 27-d "spatial" and 5 "logits" from the colours of 8-bit images."""
-
-    dim = 12
-    feature_dims = {"pool": 12, "spatial": 27, "logits": 5}
-
-    def __init__(self, weights=None, resize="tf1"):
-        super().__init__()
-
-    def features(self, images255):
-        x = images255.float() / 127.5 - 1
-        pool = torch.nn.functional.adaptive_avg_pool2d(x, 2).flatten(1) * torch.linspace(0.5, 1.5, 12)
-        spatial = torch.nn.functional.adaptive_avg_pool2d(x, 3).flatten(1)
-        return {"pool": pool, "spatial": spatial, "logits": 4 * pool[:, :5]}
 
 
 def _use_tiny_inception() -> None:

@@ -4,6 +4,7 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 import torch
+from conftest import build_tiny_tokenizer
 from PIL import Image
 from torch import nn
 
@@ -15,9 +16,6 @@ from vqgan_lc.generate.families import Drawn, Family, family_of, get_family, reg
 from vqgan_lc.generate.sample import SampleConfig, sample_run
 from vqgan_lc.generate.training import generator_config, train_generator
 from vqgan_lc.pretrained import PretrainedModel
-from vqgan_lc.quantize import QuantizerConfig
-from vqgan_lc.tokenizer.config import AutoencoderConfig, TokenizerConfig
-from vqgan_lc.tokenizer.model import VQModel
 
 
 def test_every_family_is_one_record_named_by_its_preset_prefix():
@@ -132,11 +130,7 @@ def bigram_registered(monkeypatch):
 
 
 def test_a_new_family_trains_exports_and_samples_through_the_recipe_alone(tmp_path, bigram_registered):
-    torch.manual_seed(0)
-    ae = AutoencoderConfig(resolution=16, ch=8, ch_mult=(1, 2, 2), num_res_blocks=1, attn_resolutions=(),
-                           z_channels=8, norm_groups=4)
-    VQModel(TokenizerConfig(ae, QuantizerConfig(kind="lc", codebook_size=16, dim=4, codebook_dim=8))).save_pretrained(
-        tmp_path / "tok")
+    build_tiny_tokenizer(tmp_path / "tok", resolution=16, codebook_size=16, codebook_dim=8)
     rng = np.random.default_rng(0)
     for c in range(2):
         (tmp_path / "data" / str(c)).mkdir(parents=True)

@@ -7,7 +7,7 @@ import zipfile
 
 import numpy as np
 import pytest
-import torch
+from conftest import build_tiny_tokenizer
 from PIL import Image
 
 from vqgan_lc.cli import main
@@ -16,20 +16,15 @@ from vqgan_lc.generate.pipeline import (PROCESS_NAME, GenerationPipeline, export
                                         tokenizer_fingerprint)
 from vqgan_lc.generate.sample import NPZ_NAME, PARTS_DIR, SampleConfig, sample_run
 from vqgan_lc.generate.training import generator_config, train_generator
-from vqgan_lc.quantize import QuantizerConfig
-from vqgan_lc.tokenizer.config import AutoencoderConfig, TokenizerConfig
-from vqgan_lc.tokenizer.model import VQModel
 
 GPT = ["model.n_layer=1", "model.n_embd=32", "model.n_head=2", "max_steps=2", "batch_size=4"]
 DIT = ["model.depth=1", "model.hidden_size=32", "model.num_heads=2", "max_steps=2", "batch_size=4"]
 NAMES = ["cat", "dog", "fox"]
 
 
-def _tokenizer(seed: int = 0) -> VQModel:
-    torch.manual_seed(seed)
-    ae = AutoencoderConfig(resolution=16, ch=8, ch_mult=(1, 2, 2), num_res_blocks=1, attn_resolutions=(),
-                           z_channels=8, norm_groups=4)
-    return VQModel(TokenizerConfig(ae, QuantizerConfig(kind="lc", codebook_size=32, dim=4, codebook_dim=8)))
+def _tokenizer(seed: int = 0):
+    """A 16 px tokenizer (4x4 tokens, 32 entries)."""
+    return build_tiny_tokenizer(resolution=16, codebook_size=32, codebook_dim=8, seed=seed)
 
 
 @pytest.fixture(scope="module")

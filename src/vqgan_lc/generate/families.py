@@ -145,8 +145,19 @@ class TokenFamily(Family):
 
 
 class LatentFamily(Family):
-    """Families on continuous latents: the loss and the sampler come from the process."""
+    """Families on continuous latents: the loss and the sampler come from the process; the
+    architecture from a preset table and a config factory sized by the latents' width and grid."""
     data_kind = "latents"
+    presets_path: ClassVar[str]   # "module:NAME" of the preset table
+    factory_path: ClassVar[str]   # "module:function(preset, *, in_channels, input_size, num_classes, **overrides)"
+
+    def presets(self) -> list[str]:
+        return list(_import(self.presets_path))
+
+    def model_config(self, preset, data, **overrides):
+        self.check_data(preset, data)
+        return _import(self.factory_path)(preset, in_channels=data.latent_dim, input_size=data.grid[0],
+                                          num_classes=data.num_classes, **overrides)
 
     def network(self, model: nn.Module) -> nn.Module:
         """What the process calls: the model itself unless the family reads time differently."""
@@ -171,16 +182,8 @@ class DiffusionFamily(LatentFamily):
     default_steps = {"ddpm": 250, "ddim": 200}
     ema_decay = 0.9999
     schedule = "dit"   # GaussianDiffusion preset
-
-    def presets(self) -> list[str]:
-        from .dit import DIT_PRESETS
-        return list(DIT_PRESETS)
-
-    def model_config(self, preset, data, **overrides):
-        from .dit import dit_config
-        self.check_data(preset, data)
-        return dit_config(preset, in_channels=data.latent_dim, input_size=data.grid[0],
-                          num_classes=data.num_classes, **overrides)
+    presets_path = "vqgan_lc.generate.dit:DIT_PRESETS"
+    factory_path = "vqgan_lc.generate.dit:dit_config"
 
     def build_process(self, process_config):
         from .diffusion import GaussianDiffusion
@@ -203,16 +206,8 @@ class UNetFamily(DiffusionFamily):
     config_path = "vqgan_lc.generate.unet:UNetConfig"
     samplers = ("ddim", "ddpm")
     schedule = "ldm"
-
-    def presets(self) -> list[str]:
-        from .unet import UNET_PRESETS
-        return list(UNET_PRESETS)
-
-    def model_config(self, preset, data, **overrides):
-        from .unet import unet_config
-        self.check_data(preset, data)
-        return unet_config(preset, in_channels=data.latent_dim, input_size=data.grid[0],
-                           num_classes=data.num_classes, **overrides)
+    presets_path = "vqgan_lc.generate.unet:UNET_PRESETS"
+    factory_path = "vqgan_lc.generate.unet:unet_config"
 
 
 class SiTBackbone(nn.Module):
@@ -237,17 +232,16 @@ class InterpolantFamily(LatentFamily):
     adaptive_samplers = ("dopri5",)
     default_steps = {"heun": 50, "euler": 100, "sde": 100}
     ema_decay = 0.9999
+    presets_path = "vqgan_lc.generate.dit:DIT_PRESETS"
+    factory_path = "vqgan_lc.generate.dit:dit_config"
 
-    def presets(self) -> list[str]:
-        from .dit import DIT_PRESETS
-        return ["sit-" + name.split("-", 1)[1] for name in DIT_PRESETS]
+    def presets(self) -> list[str]:  # DiT's architectures under the sit- prefix
+        return ["sit-" + name.split("-", 1)[1] for name in super().presets()]
 
     def model_config(self, preset, data, **overrides):
-        from .dit import dit_config
-        self.check_data(preset, data)
+        self.check_data(preset, data)  # named as the user wrote it
         overrides.setdefault("learn_sigma", False)  # a velocity head: no variance channels
-        return dit_config("dit-" + preset.split("-", 1)[1], in_channels=data.latent_dim, input_size=data.grid[0],
-                          num_classes=data.num_classes, **overrides)
+        return super().model_config("dit-" + preset.split("-", 1)[1], data, **overrides)
 
     def network(self, model):
         return SiTBackbone(model)

@@ -27,6 +27,8 @@ from torch import nn
 
 from ..config import Config
 from ..pretrained import PretrainedModel
+# LDM's upsampling layer is the VQGAN decoder's (nearest x2, then a 3x3 conv), key for key
+from ..tokenizer.autoencoder import Upsample
 from .guidance import guided
 
 
@@ -225,17 +227,6 @@ class Downsample(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.conv(x)
-
-
-class Upsample(nn.Module):
-    """Nearest-neighbour x2, then a 3x3 conv (LDM's upsampling layer)."""
-
-    def __init__(self, channels: int):
-        super().__init__()
-        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
 
 
 class SpatialTransformer(nn.Module):

@@ -74,6 +74,9 @@ def build_inputs(root, tiny_tokenizer):
     # files cut short, as a full disk or an interrupted copy leaves them
     shutil.copytree(root / "run", root / "cutrun", ignore=shutil.ignore_patterns(".lock"))
     _cut(root / "cutrun" / "train_config.json")
+    # a finished run is a pipeline folder: sampling reads its process.json, not the training config
+    shutil.copytree(root / "run", root / "cutpipe", ignore=shutil.ignore_patterns(".lock"))
+    _cut(root / "cutpipe" / "process.json")
     shutil.copytree(root / "cache", root / "cutmanifest")
     _cut(root / "cutmanifest" / "manifest.json")
     shutil.copytree(root / "cache", root / "cutshard")
@@ -312,7 +315,7 @@ CASES = {
                          "lr=nan"], "finite"),
     # a file cut short: one line naming it
     "train-gen-resume-cut-config": (["train-gen", "--resume", "{cutrun}"], "cutrun/train_config.json is damaged"),
-    "sample-cut-config": (["sample", "{cutrun}", "--out", "{new}"], "train_config.json is damaged"),
+    "sample-cut-process": (["sample", "{cutpipe}", "--out", "{new}"], "process.json is damaged"),
     "train-gen-cut-manifest": (["train-gen", "gpt-tiny", "--cache", "{cutmanifest}", "--out", "{new}"],
                                "cutmanifest/manifest.json is damaged"),
     "train-gen-cut-shard": (["train-gen", "gpt-tiny", "--cache", "{cutshard}", "--out", "{new}"],

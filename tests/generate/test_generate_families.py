@@ -4,7 +4,6 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 import torch
-from conftest import build_tiny_tokenizer
 from PIL import Image
 from torch import nn
 
@@ -129,8 +128,8 @@ def bigram_registered(monkeypatch):
     register_family(BigramFamily())
 
 
-def test_a_new_family_trains_exports_and_samples_through_the_recipe_alone(tmp_path, bigram_registered):
-    build_tiny_tokenizer(tmp_path / "tok", resolution=16, codebook_size=16, codebook_dim=8)
+def test_a_new_family_trains_exports_and_samples_through_the_recipe_alone(tmp_path, bigram_registered, tiny_tokenizer):
+    tiny_tokenizer(tmp_path / "tok", resolution=16, codebook_size=16, codebook_dim=8)
     rng = np.random.default_rng(0)
     for c in range(2):
         (tmp_path / "data" / str(c)).mkdir(parents=True)

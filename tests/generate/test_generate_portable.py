@@ -7,7 +7,6 @@ import zipfile
 
 import numpy as np
 import pytest
-from conftest import build_tiny_tokenizer
 from PIL import Image
 
 from vqgan_lc.cli import main
@@ -22,17 +21,15 @@ DIT = ["model.depth=1", "model.hidden_size=32", "model.num_heads=2", "max_steps=
 NAMES = ["cat", "dog", "fox"]
 
 
-def _tokenizer(seed: int = 0):
-    """A 16 px tokenizer (4x4 tokens, 32 entries)."""
-    return build_tiny_tokenizer(resolution=16, codebook_size=32, codebook_dim=8, seed=seed)
+TOKENIZER = dict(resolution=16, codebook_size=32, codebook_dim=8)  # 4x4 tokens, 32 entries
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
+def runs(tmp_path_factory, tiny_tokenizer):
     """A tiny tokenizer, 3 named classes of 4 images, token and latent caches, and finished
     gpt and dit runs (2 steps each) trained from inside another working directory."""
     root = tmp_path_factory.mktemp("portable")
-    _tokenizer().save_pretrained(root / "tok")
+    tiny_tokenizer(root / "tok", **TOKENIZER)
     rng = np.random.default_rng(0)
     for name in NAMES:
         (root / "data" / name).mkdir(parents=True)
@@ -112,10 +109,10 @@ def test_a_run_from_before_pipelines_still_samples(runs, tmp_path):
     assert report["num_samples"] == 6
 
 
-def test_decoding_with_a_different_tokenizer_is_refused_before_any_work(runs, tmp_path):
+def test_decoding_with_a_different_tokenizer_is_refused_before_any_work(runs, tmp_path, tiny_tokenizer):
     moved = tmp_path / "pipe"
     export_run(runs / "gpt", moved)
-    _tokenizer(seed=5).save_pretrained(moved / "tokenizer")  # same config, other weights
+    tiny_tokenizer(moved / "tokenizer", seed=5, **TOKENIZER)  # same config, other weights
     with pytest.raises(ValueError, match="not the tokenizer"):
         _sample(moved, tmp_path / "s")
     assert not (tmp_path / "s").exists()

@@ -260,11 +260,10 @@ def _resolve_tokenizer(hub_id: str) -> Path:
 
 
 def read_process(folder: str | os.PathLike) -> ProcessConfig:
+    from ..files import read_json
+
     path = Path(folder) / PROCESS_NAME
-    try:
-        data = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ValueError(f"{path} is not valid JSON ({err}); export the pipeline again with `vqgan-lc export`") from None
+    data = read_json(path, "the pipeline's sampling process", "export the pipeline again with `vqgan-lc export`")
     if not isinstance(data, dict):
         raise ValueError(f"{path} is not a pipeline description; export the pipeline again with `vqgan-lc export`")
     return ProcessConfig.from_dict(data).validate()
@@ -277,13 +276,14 @@ def resolve_pipeline(name_or_path: str | os.PathLike, revision: str | None = Non
         if not path.is_dir():
             raise ValueError(f"{path} is a file; a generator is a pipeline folder or a train-gen run folder")
         if not (path / PROCESS_NAME).is_file() and not (path / "train_config.json").is_file():
-            raise FileNotFoundError(f"{path} is neither a pipeline folder (no {PROCESS_NAME}) nor a train-gen run "
-                                    "(no train_config.json)")
+            raise FileNotFoundError(f"{path} is not a generator run nor a pipeline folder (it has no {PROCESS_NAME} "
+                                    "and no train_config.json); pass what `vqgan-lc export` or `train-gen` wrote")
         return path
     from ..pretrained import _HUB_ID
     text = os.fspath(name_or_path)
     if not _HUB_ID.fullmatch(text):
-        raise FileNotFoundError(f"{path} does not exist: pass a pipeline folder, a train-gen run folder or a hub id")
+        raise FileNotFoundError(f"{path} does not exist: not a generator run nor a pipeline folder (pass one, or a "
+                                "hub id org/name)")
     try:
         from huggingface_hub import snapshot_download
     except ImportError:

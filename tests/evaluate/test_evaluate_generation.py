@@ -146,7 +146,9 @@ def test_class_consistency_right_and_swapped(trained, reference, tmp_path, monke
         _copy_class(reference, CLASSES[(c + 1) % len(CLASSES)], swapped / str(c), 6)
     report = evaluate_samples(_config(right, reference, tmp_path / "out_right", cache))
     assert report["class_consistency"] >= 0.95
-    assert set(report["class_consistency_per_class"]) == {"0", "1", "2"}
+    # keyed by the reference's class names, their generator ids beside them
+    assert set(report["class_consistency_per_class"]) == set(CLASSES)
+    assert report["class_ids"] == {"apple": 0, "sky": 1, "zebra": 2}
     assert min(report["class_consistency_per_class"].values()) >= 0.8
     assert report["classifier_accuracy"] == info["accuracy"]
     assert report["num_samples"] == 18 and report["num_reference"] == len(CLASSES) * PER_CLASS

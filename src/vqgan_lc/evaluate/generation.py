@@ -224,8 +224,9 @@ def _utilization(folder: Path, sampler: dict) -> tuple[dict | None, str]:
 class _Consistency:
     """Per-class counts of samples and of samples the classifier assigns to their requested class."""
 
-    def __init__(self, model, requested: list[int], num_classes: int):
+    def __init__(self, model, requested: list[int], num_classes: int, names: list[str] | None = None):
         self.model = model
+        self.names = names or [str(c) for c in range(num_classes)]
         self.requested = torch.tensor(requested, dtype=torch.long)
         self.total = torch.zeros(num_classes, dtype=torch.long)
         self.hits = torch.zeros(num_classes, dtype=torch.long)
@@ -239,8 +240,13 @@ class _Consistency:
     def result(self) -> tuple[float, dict[str, float]]:
         present = self.total > 0
         overall = float(self.hits.sum()) / float(self.total.sum())
-        per_class = {str(c): float(self.hits[c]) / float(self.total[c]) for c in torch.nonzero(present).flatten().tolist()}
+        per_class = {self.names[c]: float(self.hits[c]) / float(self.total[c])
+                     for c in torch.nonzero(present).flatten().tolist()}
         return overall, per_class
+
+    def ids(self) -> dict[str, int]:
+        """class name -> class id, for the classes sampled"""
+        return {self.names[c]: c for c in torch.nonzero(self.total > 0).flatten().tolist()}
 
 
 
@@ -411,7 +417,7 @@ def evaluate_samples(config: GenEvalConfig) -> dict | None:
                                                                   size=config.classifier_size, device=device,
                                                                   progress=config.progress)
             distributed.barrier()
-        consistency = _Consistency(model, requested, len(reference_names))
+        consistency = _Consistency(model, requested, len(reference_names), reference_names)
         consistency_reason = ""
 
     nets = _feature_nets(use_fid, config, device)
@@ -471,7 +477,9 @@ def _write_report(config, out, use_fid, samples, reference, fake, real, pr, samp
         "guidance_scale": sampler.get("guidance_scale"),
     })
     if consistency is not None:
+        # keyed by the reference's class names (the ids they have for the generator beside them)
         report["class_consistency"], report["class_consistency_per_class"] = consistency.result()
+        report["class_ids"] = consistency.ids()
     report["protocol"] = _protocol(config, report, samples, reference, use_fid, nets, counts, usage,
                                    utilization_text, consistency_reason, classifier_info, notes)
     write_report(report, out / "report.json")

@@ -1,6 +1,7 @@
 """`vqgan-lc study`: the paper's claims as numbers this project produces on demand.
 
-    vqgan-lc study --out runs/study                                  # LC, VQ, FC, EMA at 1K..64K entries
+    vqgan-lc study --out runs/study                                  # 7 quantizers at 1K..64K entries
+    vqgan-lc study --out runs/study --sizes 262144 --quantizers lc   # the 262,144-entry point
     vqgan-lc study --out runs/study --ablation init|projector|dim    # Tables 6, 10, 11
     vqgan-lc study --out runs/study --classify mnist,photos          # + a ViT on every tokenizer's token maps
 
@@ -9,14 +10,16 @@ same tokenizer architecture on the same data (crops of the bundled photos' train
 for the same steps, batch and losses, with only the quantizer changed; it is evaluated on the
 same held-out crops (the photos' held-out regions):
 
-- utilization over a fixed token window (`usage_crops` crops, the same for every size), with
+- utilization over a token window of max(`usage_crops` crops, `usage_tokens_per_entry` x N
+  tokens) (the same 4,096 crops up to 65,536 entries, first crops shared by every size), with
   the share a perfectly uniform code would reach on that window beside it (1 - (1 - 1/N)^T),
   so a small window is never mistaken for an unused codebook;
 - PSNR, SSIM, perceptual-lite0 and FD-lite0 (offline stand-ins: not LPIPS / rFID) over the
   first `eval_crops` of those crops, by the project's evaluator.
 
 LC codebooks are k-means centres of EfficientNet-Lite0 patch features of train crops (one
-global k-means per size, as class-free data needs); the init ablation swaps them for random
+global k-means per size, as class-free data needs, over max(codebook_crops' vectors,
+codebook_vectors_per_entry x N) vectors; two-level from 250,000 entries); the init ablation swaps them for random
 feature vectors or Gaussian draws at the features' scale.
 
 Resumable at every level: OUT/codebooks/<mode>-<N>.safetensors is built once; each

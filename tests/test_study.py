@@ -15,7 +15,7 @@ TINY = ["autoencoder.resolution=32", "autoencoder.ch=8", "autoencoder.ch_mult=1,
         "batch_size=4", "train_crops=8", "codebook_crops=8", "codebook_crop_size=64", "kmeans_iters=2",
         "eval_crops=2", "usage_crops=4", "fd_image_size=32", "low_dim=4", "dims=2,4", "classifier.width=16",
         "classifier.depth=1", "classifier.heads=2", "classify_epochs=1", "classify_per_class=3",
-        "classify_batch_size=8"]
+        "classify_batch_size=8", "classify_seeds=2"]
 
 
 def tiny(out, **fields) -> StudyConfig:
@@ -46,7 +46,12 @@ def test_report_tables_plots_and_classification(finished):
     assert (lc["kind"], lc["dim"], vq["kind"], vq["dim"]) == ("lc", 4, "vq", 8)  # VQ keeps z_channels
     scores = report["classification"]["mnist"]
     assert set(scores) == {"lc-64", "vq-64"}
-    assert all(s["num_classes"] == 10 and s["num_val"] == 10 and 0 <= s["top1"] <= 1 for s in scores.values())
+    for s in scores.values():  # two seeds per tokenizer: mean and interval of their top-1
+        assert s["num_classes"] == 10 and s["num_val"] == 10 and s["seeds"] == [0, 1]
+        assert s["top1"]["n"] == 2 and s["top1"]["mean"] == pytest.approx(sum(s["per_seed_top1"]) / 2)
+        assert 0 <= s["top1"]["mean"] <= 1 and s["top1"]["ci95"] >= 0
+    # the second seed reuses the first one's token caches
+    assert (out / "classify" / "mnist" / "lc-64" / "seed-1" / "cache-train").is_symlink()
     assert (out / "utilization.png").stat().st_size > 1000 and (out / "reconstruction.png").stat().st_size > 1000
     text = (out / "report.md").read_text()
     assert "| VQGAN-LC |" in text and "| VQGAN |" in text and "classification top-1" in text
@@ -143,6 +148,40 @@ def test_each_ablation_flag_runs_on_a_tiny_case(ablation, finished, capsys):
 def test_bad_settings_fail_in_one_line(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_:
         main(["study", "--out", str(tmp_path), "--quantizers", "lc,xx"])
-    assert exit_.value.code == 2 and "choose from lc,vq,fc,ema" in capsys.readouterr().err
-    assert main(["study", "--out", str(tmp_path), "--sizes", "70000", "--set", "codebook_crops=8"]) == 2
-    assert "raise codebook_crops" in capsys.readouterr().err
+    assert exit_.value.code == 2 and "choose from lc,vq,fc,ema,ema-restart,l2,simvq" in capsys.readouterr().err
+    assert main(["study", "--out", str(tmp_path), "--set", "codebook_vectors_per_entry=0"]) == 2
+    assert "codebook_vectors_per_entry" in capsys.readouterr().err
+
+
+def test_kmeans_vectors_and_usage_window_grow_with_the_largest_size():
+    config = StudyConfig(sizes=(1024, 65536, 262144)).validate()
+    # small sizes keep the 2,048 crops' 131,072 vectors; 65,536 gets 10 per entry; 262,144 too
+    assert [config.codebook_vectors(s) for s in config.sizes] == [131072, 655360, 2621440]
+    assert config.feature_crops() == 2621440 // 64
+    # at least 4 tokens per entry: 4,096 crops up to 65,536 entries, 16,384 crops at 262,144
+    assert [config.usage_window(s) for s in config.sizes] == [4096, 4096, 16384]
+    assert StudyConfig(sizes=(1024,)).validate().feature_crops() == 2048
+
+
+def test_the_fields_baselines_are_planned_with_their_sources_settings(tmp_path):
+    from vqgan_lc.quantize import L2NormQuantizer, RestartEMAQuantizer, SimVQQuantizer
+
+    config = tiny(tmp_path, quantizers=("ema", "ema-restart", "l2", "simvq"))
+    combos = plan(config)
+    assert [(c.name, c.dim) for c in combos] == [("ema-64", 8), ("ema-restart-64", 8), ("l2-64", 4), ("simvq-64", 4)]
+    classes = [None, RestartEMAQuantizer, L2NormQuantizer, SimVQQuantizer]
+    for combo, cls in zip(combos, classes):
+        q = tokenizer_train_config(config, combo, tmp_path, None).model.quantizer
+        weights = (0.25, 1.0) if combo.kind in ("l2", "simvq") else (1.0, 0.33)
+        assert (q.alpha, q.beta) == weights
+        if cls is not None:
+            assert isinstance(VQModel(tokenizer_train_config(config, combo, tmp_path, None).model).quantizer, cls)
+
+
+def test_mean_interval():
+    from vqgan_lc.study import mean_interval
+
+    assert mean_interval([0.5]) == {"mean": 0.5, "std": 0.0, "ci95": 0.0, "n": 1}
+    r = mean_interval([0.8, 0.9, 1.0])
+    assert r["mean"] == pytest.approx(0.9) and r["std"] == pytest.approx(0.1)
+    assert r["ci95"] == pytest.approx(4.302653 * 0.1 / 3 ** 0.5, rel=1e-5)  # t(0.975, 2 df)

@@ -1,6 +1,7 @@
 """`vqgan-lc study`: the paper's claims as numbers this project produces on demand.
 
-    vqgan-lc study --out runs/study                                  # LC, VQ, FC, EMA at 1K..64K entries
+    vqgan-lc study --out runs/study                                  # 7 quantizers at 1K..64K entries
+    vqgan-lc study --out runs/study --sizes 262144 --quantizers lc   # the 262,144-entry point
     vqgan-lc study --out runs/study --ablation init|projector|dim    # Tables 6, 10, 11
     vqgan-lc study --out runs/study --classify mnist,photos          # + a ViT on every tokenizer's token maps
 
@@ -9,14 +10,16 @@ same tokenizer architecture on the same data (crops of the bundled photos' train
 for the same steps, batch and losses, with only the quantizer changed; it is evaluated on the
 same held-out crops (the photos' held-out regions):
 
-- utilization over a fixed token window (`usage_crops` crops, the same for every size), with
+- utilization over a token window of max(`usage_crops` crops, `usage_tokens_per_entry` x N
+  tokens) (the same 4,096 crops up to 65,536 entries, first crops shared by every size), with
   the share a perfectly uniform code would reach on that window beside it (1 - (1 - 1/N)^T),
   so a small window is never mistaken for an unused codebook;
 - PSNR, SSIM, perceptual-lite0 and FD-lite0 (offline stand-ins: not LPIPS / rFID) over the
   first `eval_crops` of those crops, by the project's evaluator.
 
 LC codebooks are k-means centres of EfficientNet-Lite0 patch features of train crops (one
-global k-means per size, as class-free data needs); the init ablation swaps them for random
+global k-means per size, as class-free data needs, over max(codebook_crops' vectors,
+codebook_vectors_per_entry x N) vectors; two-level from 250,000 entries); the init ablation swaps them for random
 feature vectors or Gaussian draws at the features' scale.
 
 Resumable at every level: OUT/codebooks/<mode>-<N>.safetensors is built once; each
@@ -46,14 +49,23 @@ from .classify.model import TokenClassifierConfig, classifier_preset
 from .config import Config, config_differences
 from .data.grid import pyplot
 from .files import atomic_path, atomic_write_json, atomic_write_text
+from .quantize.config import KINDS
 from .tokenizer.config import CPU_QUANTIZER_LR_SCALE, AutoencoderConfig, get_preset
 from .tokenizer.losses import LossConfig
 
 log = logging.getLogger("vqgan_lc.study")
 
-QUANTIZERS = ("lc", "vq", "fc", "ema")
+QUANTIZERS = KINDS  # lc, vq, fc, ema (the paper's) and ema-restart, l2, simvq (the field's today)
 ABLATIONS = ("none", "init", "projector", "dim")
-LABELS = {"lc": "VQGAN-LC", "vq": "VQGAN", "fc": "VQGAN-FC", "ema": "VQGAN-EMA"}
+LABELS = {"lc": "VQGAN-LC", "vq": "VQGAN", "fc": "VQGAN-FC", "ema": "VQGAN-EMA",
+          # the field's baselines of today (sources in each quantizer's module)
+          "ema-restart": "EMA + data start + restarts (SoundStream/Jukebox)",
+          "l2": "l2-normalised codes, D'=8 (LlamaGen)", "simvq": "SimVQ"}
+# Baselines trained with their source's loss weights (alpha: commitment, beta: codebook term);
+# the paper's four keep the project's alpha 1.0 / beta 0.33.
+SOURCE_LOSS_WEIGHTS = {"l2": {"alpha": 0.25, "beta": 1.0}, "simvq": {"alpha": 0.25, "beta": 1.0}}
+# Quantizers that quantize at the low width D' (low_dim); the others keep the encoder's z_channels.
+LOW_DIM_KINDS = ("lc", "fc", "l2", "simvq")
 BACKBONE = "efficientnet-lite0"
 CODEBOOK_DIM = 112           # EfficientNet-Lite0 stride-16 features: the width of every LC entry here
 FEATURE_STRIDE = 16          # one feature vector per 16x16 pixels of a codebook crop
@@ -75,7 +87,7 @@ def _tiny_autoencoder() -> AutoencoderConfig:
 @dataclass
 class StudyConfig(Config):
     out_dir: str = "runs/study"
-    sizes: tuple[int, ...] = (1024, 4096, 16384, 65536)
+    sizes: tuple[int, ...] = (1024, 4096, 16384, 65536)   # 262144 too with --sizes (IBQ's and SimVQ's size)
     quantizers: tuple[str, ...] = QUANTIZERS
     ablation: str = "none"           # "none" | "init" (Table 6) | "projector" (Table 10) | "dim" (Table 11)
     dims: tuple[int, ...] = (4, 8, 16, 64)  # D' of the dim ablation
@@ -94,15 +106,23 @@ class StudyConfig(Config):
     # --- LC codebooks: k-means over Lite0 features of train crops ---
     codebook_crops: int = 2048       # at 128 px each gives 8x8 = 64 vectors: 131,072 vectors
     codebook_crop_size: int = 128
+    # k-means of a size gets at least this many feature vectors per entry: more train crops are
+    # extracted when the largest size needs them (65,536 entries: 10,240 crops, 655,360 vectors);
+    # each size uses max(codebook_crops' vectors, this x N) of them, so small sizes are unchanged
+    codebook_vectors_per_entry: int = 10
     kmeans_iters: int = 10
     # --- evaluation, the same held-out crops for every combination ---
     eval_crops: int = 1024           # PSNR / SSIM / perceptual-lite0 / FD-lite0
     usage_crops: int = 4096          # utilization window: 4,096 crops x 64 tokens = 262,144 tokens
+    usage_tokens_per_entry: int = 4  # a larger size gets a larger window (262,144 entries: 16,384 crops)
     fd_image_size: int = 64
     # --- classification on token maps (`--classify`) ---
     classify: tuple[str, ...] = ()   # labelled sets: "mnist" and/or "photos" (classify/data.py); () = off
     classifier: TokenClassifierConfig = field(default_factory=lambda: classifier_preset("vit-micro"))
-    classify_epochs: int = 4
+    # 20 epochs (1,260 steps on 4,000 digits): at the old 4, train and held-out top-1 were equal
+    # (60.6% / 60.2% for LC): the classifier underfitted (README, "Classification on token maps")
+    classify_epochs: int = 20
+    classify_seeds: int = 3          # classifiers per tokenizer (seeds seed..seed+n-1): mean and 95% interval
     classify_batch_size: int = 64
     classify_lr: float = 3e-3        # measured on mnist tokens: 1e-3 left the 248-step run well short of fitting
     classify_per_class: int = 500    # mnist: digits per class (80% train, 20% held out)
@@ -120,6 +140,23 @@ class StudyConfig(Config):
     def tokens_per_crop(self) -> int:
         f = self.autoencoder.downsample_factor
         return (self.image_size // f) ** 2
+
+    @property
+    def vectors_per_codebook_crop(self) -> int:
+        return (self.codebook_crop_size // FEATURE_STRIDE) ** 2
+
+    def codebook_vectors(self, size: int) -> int:
+        """Feature vectors the k-means of `size` entries runs on."""
+        return max(self.codebook_crops * self.vectors_per_codebook_crop, self.codebook_vectors_per_entry * size)
+
+    def feature_crops(self) -> int:
+        """Train crops whose features are extracted: enough for the largest size's k-means."""
+        most = max(self.codebook_vectors(s) for s in self.sizes)
+        return max(self.codebook_crops, -(-most // self.vectors_per_codebook_crop))
+
+    def usage_window(self, size: int) -> int:
+        """Held-out crops the utilization of `size` entries is counted over."""
+        return max(self.usage_crops, -(-self.usage_tokens_per_entry * size // self.tokens_per_crop))
 
     def check(self) -> None:
         if not self.sizes or min(self.sizes) < 2 or len(set(self.sizes)) != len(self.sizes):
@@ -142,17 +179,16 @@ class StudyConfig(Config):
         if self.codebook_crop_size % FEATURE_STRIDE or self.codebook_crop_size < 32:
             raise ValueError(f"codebook_crop_size must be a multiple of {FEATURE_STRIDE} and >= 32, got "
                              f"{self.codebook_crop_size}")
-        vectors = self.codebook_crops * (self.codebook_crop_size // FEATURE_STRIDE) ** 2
-        if self._needs_kmeans() and vectors < max(self.sizes):
-            raise ValueError(f"{self.codebook_crops} codebook crops of {self.codebook_crop_size} px give {vectors} "
-                             f"feature vectors, fewer than the {max(self.sizes)} entries asked for; "
-                             "raise codebook_crops")
+        if min(self.codebook_crops, self.codebook_vectors_per_entry, self.usage_tokens_per_entry) < 1:
+            raise ValueError("codebook_crops, codebook_vectors_per_entry and usage_tokens_per_entry must be >= 1")
         unknown = sorted(set(self.classify) - set(LABELLED_SETS))
         if unknown:
             raise ValueError(f"classify sets must be chosen from {','.join(LABELLED_SETS)}, got {','.join(unknown)}")
-        if min(self.classify_epochs, self.classify_batch_size, self.classify_train_crops, self.classify_val_crops) < 1 \
+        if min(self.classify_epochs, self.classify_batch_size, self.classify_train_crops, self.classify_val_crops,
+               self.classify_seeds) < 1 \
                 or self.classify_lr <= 0 or not 2 <= self.classify_per_class <= 500:
-            raise ValueError("classify_epochs, classify_batch_size and the crop counts must be >= 1, classify_lr > 0 "
+            raise ValueError("classify_epochs, classify_batch_size, classify_seeds and the crop counts must be >= 1, "
+                             "classify_lr > 0 "
                              "and 2 <= classify_per_class <= 500")
 
     def _needs_kmeans(self) -> bool:
@@ -191,8 +227,9 @@ def plan(cfg: StudyConfig) -> list[Combination]:
                 if kind == "lc":
                     combos.append(_lc(cfg, size))
                 else:
-                    # the paper's baselines: VQ and EMA keep the encoder's width, FC factorizes to low_dim
-                    dim = cfg.low_dim if kind == "fc" else cfg.autoencoder.z_channels
+                    # VQ and EMA (with or without restarts) keep the encoder's width, as in the paper;
+                    # FC, LlamaGen's l2 codes and SimVQ quantize at low_dim
+                    dim = cfg.low_dim if kind in LOW_DIM_KINDS else cfg.autoencoder.z_channels
                     combos.append(Combination(f"{kind}-{size}", kind, LABELS[kind], kind, size, dim))
         elif cfg.ablation == "init":  # Table 6: how the frozen entries are initialised
             combos += [_lc(cfg, size, "gaussian", "random Gaussian (features' mean/std)", codebook="gaussian"),
@@ -213,7 +250,8 @@ def tokenizer_train_config(cfg: StudyConfig, combo: Combination, out_dir: Path, 
     from .tokenizer.config import TokenizerConfig
     from .tokenizer.training import TokenizerTrainConfig
 
-    quantizer = QuantizerConfig(kind=combo.kind, codebook_size=combo.size, dim=combo.dim)
+    quantizer = QuantizerConfig(kind=combo.kind, codebook_size=combo.size, dim=combo.dim,
+                                **SOURCE_LOSS_WEIGHTS.get(combo.kind, {}))
     if combo.kind == "lc":
         quantizer.codebook_dim = CODEBOOK_DIM
         quantizer.projector = combo.projector
@@ -234,7 +272,8 @@ def _json(data):
 
 def codebook_spec(cfg: StudyConfig, mode: str, size: int) -> dict:
     return {"mode": mode, "size": size, "backbone": BACKBONE, "crops": cfg.codebook_crops,
-            "crop_size": cfg.codebook_crop_size, "kmeans_iters": cfg.kmeans_iters, "seed": cfg.seed}
+            "vectors": cfg.codebook_vectors(size), "crop_size": cfg.codebook_crop_size,
+            "kmeans_iters": cfg.kmeans_iters, "seed": cfg.seed}
 
 
 def combination_spec(cfg: StudyConfig, combo: Combination) -> dict:
@@ -245,7 +284,7 @@ def combination_spec(cfg: StudyConfig, combo: Combination) -> dict:
     return _json({"combination": what,
                   "train": {k: v for k, v in train.items() if k not in free_train_fields()},
                   "codebook": codebook_spec(cfg, combo.codebook, combo.size) if combo.codebook else None,
-                  "eval": {"eval_crops": cfg.eval_crops, "usage_crops": cfg.usage_crops,
+                  "eval": {"eval_crops": cfg.eval_crops, "usage_crops": cfg.usage_window(combo.size),
                            "fd_image_size": cfg.fd_image_size}})
 
 
@@ -267,13 +306,17 @@ class _Features:
             from .data import build_dataset, collate_skip_corrupt
 
             cfg = self.cfg
+            count = cfg.feature_crops()
             log.info("extracting %s features of %d train crops (%d px) for the LC codebooks", BACKBONE,
-                     cfg.codebook_crops, cfg.codebook_crop_size)
-            crops = build_dataset(f"demo:train:{cfg.codebook_crops}", cfg.codebook_crop_size, train=True,
-                                  seed=cfg.seed + 1)
+                     count, cfg.codebook_crop_size)
+            t0 = time.perf_counter()
+            # the first codebook_crops crops are the same whatever the count (one seeded stream)
+            crops = build_dataset(f"demo:train:{count}", cfg.codebook_crop_size, train=True, seed=cfg.seed + 1)
             loader = DataLoader(crops, batch_size=32, collate_fn=collate_skip_corrupt)
             # pool=None: every grid cell is a vector (8x8 per 128 px crop), as in the demo
             self._vectors, _, _ = extract_in_memory(loader, as_backbone(BACKBONE), pool=None)
+            self.seconds = round(time.perf_counter() - t0, 1)
+            log.info("%d feature vectors in %.1f s", len(self._vectors), self.seconds)
             if self._vectors.shape[1] != CODEBOOK_DIM:
                 raise ValueError(f"{BACKBONE} features are {self._vectors.shape[1]}-d, the study expects "
                                  f"{CODEBOOK_DIM}; the backbone's layer choice changed")
@@ -296,7 +339,8 @@ def ensure_codebook(cfg: StudyConfig, mode: str, size: int, features: _Features)
         raise ValueError(f"{path} was built with other settings ({', '.join(config_differences(saved, spec))} differ); "
                          "choose another --out")
     t0 = time.perf_counter()
-    vectors, info = build_codebook_from_vectors(features(), None, size, mode, cfg.seed, iters=cfg.kmeans_iters)
+    vectors, info = build_codebook_from_vectors(features()[:cfg.codebook_vectors(size)], None, size, mode, cfg.seed,
+                                                iters=cfg.kmeans_iters)
     save_codebook(path, vectors, {"backbone": BACKBONE, "pooling": "none", **info})
     info["seconds"] = round(time.perf_counter() - t0, 1)
     atomic_write_json(sidecar, {"spec": spec, "info": info})
@@ -326,10 +370,10 @@ def evaluate_combination(cfg: StudyConfig, model, folder: Path) -> dict:
 
     model.eval()
     device = next(model.parameters()).device
-    window = token_usage(model, _loader(cfg, cfg.usage_crops), device)
+    window = token_usage(model, _loader(cfg, cfg.usage_window(model.codebook_size)), device)
     config = EvalConfig(image_size=cfg.image_size, batch_size=64, perceptual="perceptual-lite0", fid="off",
                         fd_image_size=cfg.fd_image_size, grid_images=8,
-                        dataset=f"study held-out crops: the first {cfg.eval_crops} of {cfg.usage_crops} crops of the "
+                        dataset=f"study held-out crops: the first {cfg.eval_crops} of the usage window's crops of the "
                                 "bundled photos' held-out regions",
                         preprocessing=f"random square crops of the held-out regions, resized to {cfg.image_size} px")
     metrics = run_evaluation(model, _loader(cfg, cfg.eval_crops), folder / "eval", config, device=device,
@@ -393,8 +437,22 @@ def run_combination(cfg: StudyConfig, combo: Combination, features: _Features) -
 
 # --- classification -------------------------------------------------------------------------------
 
+def mean_interval(values: list[float]) -> dict:
+    """Mean, sample standard deviation and the half-width of the 95% Student-t interval of the
+    mean (0 for a single value: no interval can be given, and the report says n = 1)."""
+    n = len(values)
+    mean = sum(values) / n
+    if n < 2:
+        return {"mean": mean, "std": 0.0, "ci95": 0.0, "n": n}
+    from scipy.stats import t
+
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
+    return {"mean": mean, "std": std, "ci95": float(t.ppf(0.975, n - 1)) * std / math.sqrt(n), "n": n}
+
+
 def classify_all(cfg: StudyConfig, results: list[dict]) -> dict:
-    """Top-1 of a token-map ViT for every tokenizer of the study, on each labelled set."""
+    """Top-1 of token-map ViTs for every tokenizer of the study, on each labelled set:
+    `classify_seeds` classifiers per tokenizer (one recipe for all), with mean and 95% interval."""
     from .classify.data import labelled_set
     from .classify.training import classify
 
@@ -405,14 +463,31 @@ def classify_all(cfg: StudyConfig, results: list[dict]) -> dict:
                                   train_crops=cfg.classify_train_crops, val_crops=cfg.classify_val_crops)
         scores[name] = {}
         for r in results:
-            log.info("classify %s on %s token maps", name, r["name"])
-            overrides = [f"epochs={cfg.classify_epochs}", f"batch_size={cfg.classify_batch_size}",
-                         f"lr={cfg.classify_lr}", f"seed={cfg.seed}", "warmup_epochs=0.5"]
             tokenizer = out / "runs" / r["name"] / "tokenizer"  # where OUT is now, even if it moved
-            report = classify(tokenizer, train, val, out / "classify" / name / r["name"], model=cfg.classifier,
-                              overrides=overrides, workers=0, device=cfg.device, progress=cfg.progress)
-            scores[name][r["name"]] = {k: report[k] for k in ("top1", "train_top1", "num_val", "num_train",
-                                                                 "num_classes", "embed", "seconds")}
+            folder = out / "classify" / name / r["name"]
+            runs = []
+            for k in range(cfg.classify_seeds):
+                seed = cfg.seed + k
+                log.info("classify %s on %s token maps (seed %d)", name, r["name"], seed)
+                target = folder / f"seed-{seed}"
+                if k:  # the token caches do not depend on the seed: encode once, link for the others
+                    target.mkdir(parents=True, exist_ok=True)
+                    for split in ("train", "val"):
+                        link = target / f"cache-{split}"
+                        if not link.exists():
+                            link.symlink_to(Path("..") / f"seed-{cfg.seed}" / f"cache-{split}",
+                                            target_is_directory=True)
+                overrides = [f"epochs={cfg.classify_epochs}", f"batch_size={cfg.classify_batch_size}",
+                             f"lr={cfg.classify_lr}", f"seed={seed}", "warmup_epochs=0.5"]
+                runs.append(classify(tokenizer, train, val, target, model=cfg.classifier, overrides=overrides,
+                                     workers=0, device=cfg.device, progress=cfg.progress))
+            first = runs[0]
+            scores[name][r["name"]] = {
+                **{k: first[k] for k in ("num_val", "num_train", "num_classes", "embed")},
+                "top1": mean_interval([x["top1"] for x in runs]),
+                "train_top1": mean_interval([x["train_top1"] for x in runs]),
+                "seeds": [cfg.seed + k for k in range(cfg.classify_seeds)],
+                "per_seed_top1": [x["top1"] for x in runs], "seconds": sum(x["seconds"] for x in runs)}
     return scores
 
 
@@ -492,12 +567,15 @@ def markdown(report: dict) -> str:
     parts.append(_pivot(results, lambda r: f"{r['psnr']:.2f} / {r['fd_lite0']:.0f}", "model \\ N"))
     for name, scores in report.get("classification", {}).items():
         by_name = {r["name"]: r for r in results}
-        rows = [{**by_name[k], "top1": v["top1"]} for k, v in scores.items() if k in by_name]
+        rows = [{**by_name[k], "top1": v["top1"], "train_top1": v["train_top1"]}
+                for k, v in scores.items() if k in by_name]
         if rows:
             first = next(iter(scores.values()))
             parts.append(f"\nToken-map classification top-1 (%) on {name} ({first['num_val']} held-out images, "
-                         f"{first['num_classes']} classes, {first['embed']} embedding):\n")
-            parts.append(_pivot(rows, lambda r: f"{100 * r['top1']:.1f}", "tokenizer \\ N"))
+                         f"{first['num_classes']} classes, {first['embed']} embedding; mean +- 95% interval over "
+                         f"{first['top1']['n']} seeds; in brackets the mean on the training images):\n")
+            parts.append(_pivot(rows, lambda r: f"{100 * r['top1']['mean']:.1f} +- {100 * r['top1']['ci95']:.1f} "
+                                                f"({100 * r['train_top1']['mean']:.1f})", "tokenizer \\ N"))
     rows = ["| model | N | D' | utilization | entries used | tokens / entry | PSNR | SSIM | perceptual-lite0 | "
             "FD-lite0 | train s |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
@@ -520,12 +598,16 @@ def _protocol(cfg: StudyConfig) -> str:
     ae = cfg.autoencoder
     return (f"Protocol: every tokenizer has the same encoder/decoder ({cfg.image_size} px, f{ae.downsample_factor}, "
             f"ch {ae.ch}, z_channels {ae.z_channels}) and trains {cfg.steps} steps of batch {cfg.batch_size} "
-            f"(lr {cfg.lr}, the LC projector and the VQ/FC codebooks at {cfg.quantizer_lr_scale:g}x that rate, "
+            f"(lr {cfg.lr}, the quantizers' trained parameters (LC projector, VQ/FC/l2 codebooks, SimVQ map) at "
+            f"{cfg.quantizer_lr_scale:g}x that rate, "
             f"Adam (0.5, 0.9), {_losses(cfg.loss)}, no GAN) on random crops "
-            f"of the bundled photos' train regions; only the quantizer differs (LC and FC: D'={cfg.low_dim}; VQ and "
-            f"EMA: D'={ae.z_channels}). LC codebooks: {cfg.kmeans_iters}-iteration k-means of {BACKBONE} features "
-            f"({CODEBOOK_DIM}-d) of {cfg.codebook_crops} train crops. Utilization: distinct entries used / N over "
-            f"{cfg.usage_crops} held-out crops ({cfg.usage_crops * cfg.tokens_per_crop:,} tokens); PSNR (RGB), SSIM, "
+            f"of the bundled photos' train regions; only the quantizer differs (LC, FC, l2 and SimVQ: D'={cfg.low_dim}; "
+            f"VQ and EMA with or without restarts: D'={ae.z_channels}; l2 and SimVQ with their sources' loss weights "
+            f"0.25 / 1.0). LC codebooks: {cfg.kmeans_iters}-iteration k-means of {BACKBONE} features "
+            f"({CODEBOOK_DIM}-d) of max({cfg.codebook_crops} crops' vectors, {cfg.codebook_vectors_per_entry} x N) "
+            f"vectors of train crops. Utilization: distinct entries used / N over max({cfg.usage_crops} crops, "
+            f"{cfg.usage_tokens_per_entry} tokens per entry) of held-out crops ({cfg.tokens_per_crop} tokens each); "
+            f"PSNR (RGB), SSIM, "
             f"perceptual-lite0 and FD-lite0 over the first {cfg.eval_crops} of them. Scale: the paper trains f16 "
             "models at 256 px for 20 ImageNet epochs and scores 50,000 val images with LPIPS and rFID; this is a "
             "CPU-sized run of the same code, so compare the trends, not the values (perceptual-lite0 and FD-lite0 "

@@ -1,7 +1,7 @@
 """`vqgan-lc study`: every quantizer at every codebook size on the same data and budget, or a
 paper ablation, with a report, tables and plots; resumable.
 
-    vqgan-lc study --out runs/study [--sizes 1024,4096,16384,65536] [--quantizers lc,vq,fc,ema] [--steps 128]
+    vqgan-lc study --out runs/study [--sizes 1024,4096,16384,65536,262144] [--quantizers lc,vq,ema-restart] [--steps 128]
     vqgan-lc study --out runs/study --ablation init|projector|dim
     vqgan-lc study --out runs/study --classify mnist,photos
 """
@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 
 from . import common
+from ..quantize.config import KINDS as QUANTIZERS  # the study trains every quantizer kind
 
 
 def _ints(text: str) -> tuple[int, ...]:
@@ -32,8 +33,10 @@ def register(sub) -> None:
                           "(or an ablation) on one budget, with tables and plots; resumable",
                           parents=[common.parent(common.device, common.overrides)])
     p.add_argument("--out", required=True, help="study folder (a rerun skips finished combinations)")
-    p.add_argument("--sizes", type=_ints, help="codebook sizes (default 1024,4096,16384,65536)")
-    p.add_argument("--quantizers", type=common.comma_names(("lc", "vq", "fc", "ema")), help="default lc,vq,fc,ema")
+    p.add_argument("--sizes", type=_ints, help="codebook sizes (default 1024,4096,16384,65536; 262144 too if asked)")
+    p.add_argument("--quantizers", type=common.comma_names(QUANTIZERS),
+                   help=f"default {','.join(QUANTIZERS)} (ema-restart: EMA with data start and dead-code restarts; "
+                        "l2: LlamaGen's l2-normalised 8-d codes; simvq: SimVQ)")
     p.add_argument("--steps", type=common.positive_int,
                    help="training steps per combination (default 128: one pass over the 2,048 train crops)")
     p.add_argument("--ablation", choices=("init", "projector", "dim"),

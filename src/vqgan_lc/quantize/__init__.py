@@ -6,8 +6,14 @@ import torch
 from .base import Quantizer, QuantizerOutput
 from .config import QuantizerConfig
 from .ema import EMAQuantizer
+from .ema_restart import RestartEMAQuantizer
+from .l2norm import L2NormQuantizer
 from .lc import LCQuantizer
+from .simvq import SimVQQuantizer
 from .vq import LearnedQuantizer
+
+# kinds whose class is not the default learned codebook (`vq`, `fc`)
+_CLASSES = {"ema": EMAQuantizer, "ema-restart": RestartEMAQuantizer, "l2": L2NormQuantizer, "simvq": SimVQQuantizer}
 
 
 def build_quantizer(config: QuantizerConfig, codebook: torch.Tensor | None = None,
@@ -19,10 +25,8 @@ def build_quantizer(config: QuantizerConfig, codebook: torch.Tensor | None = Non
         return LCQuantizer(config, codebook, metadata)
     if codebook is not None:
         raise ValueError(f"a codebook tensor is only taken by kind='lc', not {config.kind!r}")
-    if config.kind == "ema":
-        return EMAQuantizer(config)
-    return LearnedQuantizer(config)
+    return _CLASSES.get(config.kind, LearnedQuantizer)(config)
 
 
 __all__ = ["Quantizer", "QuantizerOutput", "QuantizerConfig", "LCQuantizer", "LearnedQuantizer",
-           "EMAQuantizer", "build_quantizer"]
+           "EMAQuantizer", "RestartEMAQuantizer", "L2NormQuantizer", "SimVQQuantizer", "build_quantizer"]

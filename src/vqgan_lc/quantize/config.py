@@ -5,13 +5,15 @@ from dataclasses import dataclass
 
 from ..config import Config
 
-KINDS = ("lc", "vq", "fc", "ema")
+KINDS = ("lc", "vq", "fc", "ema", "ema-restart", "l2", "simvq")
 PROJECTORS = ("linear", "mlp", "none")
 
 
 @dataclass
 class QuantizerConfig(Config):
     kind: str = "lc"               # "lc" (VQGAN-LC) | "vq" (VQGAN) | "fc" (VQGAN-FC) | "ema" (VQGAN-EMA)
+    #                                | "ema-restart" (EMA + data start + dead-code restarts, ema_restart.py)
+    #                                | "l2" (LlamaGen's l2-normalised codes, l2norm.py) | "simvq" (simvq.py)
     codebook_size: int = 100_000   # N entries
     dim: int = 8                   # D': latent width the decoder sees (8 for f16, 4 for f8 in the paper)
     # --- lc only ---
@@ -31,6 +33,9 @@ class QuantizerConfig(Config):
     # --- ema only ---
     ema_decay: float = 0.99
     ema_eps: float = 1e-5          # Laplace smoothing of cluster sizes
+    # --- ema-restart only: an entry whose EMA cluster size (assignments per step) falls below
+    # this is re-seeded from a random latent of the batch (Jukebox's threshold: 1.0) ---
+    restart_threshold: float = 1.0
     # --- loss: alpha*||sg(zq)-z||^2 + beta*||zq-sg(z)||^2 (paper: alpha 1.0, beta 0.33) ---
     alpha: float = 1.0
     beta: float = 0.33
@@ -59,5 +64,7 @@ class QuantizerConfig(Config):
             raise ValueError(f"search_backend {self.search_backend!r} unknown; choose one of {BACKENDS}")
         if not 0.0 < self.ema_decay < 1.0:
             raise ValueError(f"ema_decay must lie in (0, 1), got {self.ema_decay}")
+        if self.restart_threshold < 0:
+            raise ValueError(f"restart_threshold must be >= 0 (0 turns restarts off), got {self.restart_threshold}")
         if self.memory_budget_mb <= 0:
             raise ValueError(f"memory_budget_mb must be positive, got {self.memory_budget_mb}")

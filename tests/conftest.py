@@ -124,3 +124,21 @@ def mounted_tmpfs():
         finally:
             subprocess.run(["umount", str(folder)], check=False)
     return mount
+
+
+@pytest.fixture(scope="session")
+def write_images():
+    """`write_images(folder, classes=("a", "b"), per_class=3, size=(32, 32), seed=0)`: random RGB PNGs
+    in one sub-folder per class (size is (height, width)); returns the folder."""
+    def write(folder, classes=("a", "b"), per_class: int = 3, size=(32, 32), seed: int = 0):
+        import numpy as np
+        from PIL import Image
+
+        rng = np.random.default_rng(seed)
+        for name in classes:
+            os.makedirs(os.path.join(folder, name), exist_ok=True)
+            for i in range(per_class):
+                pixels = rng.integers(0, 256, (*size, 3), dtype=np.uint8)
+                Image.fromarray(pixels).save(os.path.join(folder, name, f"{i}.png"))
+        return folder
+    return write

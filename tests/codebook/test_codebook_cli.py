@@ -1,9 +1,6 @@
-import os
-
-import numpy as np
+"""codebook build / info from the command line, on a tiny registered backbone."""
 import pytest
 import torch
-from PIL import Image
 from torch import nn
 
 from vqgan_lc.backbones import register_backbone, wrap_module
@@ -28,12 +25,8 @@ register_backbone("test-cli-tiny", _tiny)
 
 
 @pytest.fixture
-def dataset(tmp_path):
-    rng = np.random.default_rng(0)
-    for name in ("x", "y"):
-        os.makedirs(tmp_path / "data" / name)
-        for i in range(3):
-            Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(tmp_path / "data" / name / f"{i}.png")
+def dataset(tmp_path, write_images):
+    write_images(tmp_path / "data", ("x", "y"))
     return tmp_path
 
 

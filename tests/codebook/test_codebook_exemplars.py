@@ -4,7 +4,6 @@ import os
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 from torch import nn
 
 from vqgan_lc.backbones import register_backbone, wrap_module
@@ -61,13 +60,8 @@ def test_nearest_vectors_match_brute_force_across_chunks(per_class):
 
 
 @pytest.fixture
-def image_folder(tmp_path):
-    rng = np.random.default_rng(0)
-    for name in ("a", "b"):
-        os.makedirs(tmp_path / "data" / name)
-        for i in range(4):
-            pixels = rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)  # not square: resized and cropped
-            Image.fromarray(pixels).save(tmp_path / "data" / name / f"{i}.png")
+def image_folder(tmp_path, write_images):
+    write_images(tmp_path / "data", ("a", "b"), per_class=4, size=(40, 48))  # not square: resized and cropped
     return tmp_path
 
 

@@ -646,19 +646,21 @@ def _adm_protocol(config, report, use_fid, samples: _Side, reference: _Side, n: 
     pr_ref = ("the reference's stored pool features" if reference.stats is not None and "pool" in reference.stats
               else f"{min(m, config.pr_reference_images)} reference images" + (
                   f" (a seeded random subset of {m})" if m > config.pr_reference_images else ""))
+    def frechet(features: str, key: str, how: str) -> str:
+        return (f"ADM suite: Frechet distance of {features}, {source(samples, n, key)} vs {source(reference, m, key)}; "
+                f"{how}. {network}")
+
     return {
         "inception_score": missing("inception_score", "the samples are statistics, not images") or (
             f"ADM suite: softmax of the 1008 logits pool_3 @ W (the graph's softmax/logits/MatMul, no bias) of {n} "
             f"samples, cut in their order into {len(splits)} split(s) of up to {IS_SPLIT_SIZE}; mean over splits of "
             f"exp(mean KL(p(y|x) || p(y))) (10 splits at 50,000 samples). {network}"),
-        "fid": missing("fid", "a side has neither images nor mu/sigma") or (
-            f"ADM suite: Frechet distance of pool_3 features (2048-d), {source(samples, n, 'mu')} vs "
-            f"{source(reference, m, 'mu')}; mean and covariance (n - 1), trace term by scipy sqrtm with the suite's "
-            f"eps fallback. {network}"),
-        "sfid": missing("sfid", "a side has neither images nor mu_s/sigma_s") or (
-            f"ADM suite: Frechet distance of the spatial features mixed_6/conv (Mixed_6d's 1x1 branch after its ReLU, "
-            f"channels 0-6 of 17x17, flattened (h, w, c): 2,023-d), {source(samples, n, 'mu_s')} vs "
-            f"{source(reference, m, 'mu_s')}; sqrtm as FID. {network}"),
+        "fid": missing("fid", "a side has neither images nor mu/sigma") or frechet(
+            "pool_3 features (2048-d)", "mu", "mean and covariance (n - 1), trace term by scipy sqrtm with the "
+            "suite's eps fallback"),
+        "sfid": missing("sfid", "a side has neither images nor mu_s/sigma_s") or frechet(
+            "the spatial features mixed_6/conv (Mixed_6d's 1x1 branch after its ReLU, channels 0-6 of 17x17, "
+            "flattened (h, w, c): 2,023-d)", "mu_s", "sqrtm as FID"),
         "precision": missing("precision", "pool features of both sides are needed (images, or a stats file's pool)") or (
             f"improved precision (Kynkaanniemi et al. 2019) as the ADM suite: share of the {n} samples within the "
             f"k = {PR_NEIGHBOURS} nearest-neighbour radius of some reference point, on pool_3 features of {pr_ref}; "

@@ -185,3 +185,14 @@ def test_mean_interval():
     r = mean_interval([0.8, 0.9, 1.0])
     assert r["mean"] == pytest.approx(0.9) and r["std"] == pytest.approx(0.1)
     assert r["ci95"] == pytest.approx(4.302653 * 0.1 / 3 ** 0.5, rel=1e-5)  # t(0.975, 2 df)
+
+
+def test_the_study_flag_names_every_quantizer_kind():
+    from vqgan_lc.cli.study import register  # noqa: F401  (the parser's list of kinds is read lazily)
+    from vqgan_lc.quantize.config import KINDS
+    from vqgan_lc.cli import build_parser
+    import argparse
+    parser = build_parser()
+    study = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices["study"]
+    flag = next(a for a in study._actions if a.dest == "quantizers")
+    assert ",".join(KINDS) in flag.help and flag.type(",".join(KINDS)) == KINDS

@@ -149,15 +149,17 @@ def positive_int(text: str) -> int:
     return value
 
 
-def comma_names(choices: tuple[str, ...], what: str = ""):
-    """An argparse type for a comma-separated, non-empty subset of `choices` ("lc,vq"); `what`
+def comma_names(choices, what: str = ""):
+    """An argparse type for a comma-separated, non-empty subset of `choices` ("lc,vq"), a tuple or a
+    function returning one (read at parse time: a list that lives next to torch code); `what`
     names the list in the error ("choose generators from gpt,dit,...")."""
     label = f"{what} " if what else ""
 
     def parse(text: str) -> tuple[str, ...]:
+        options = choices() if callable(choices) else choices
         names = tuple(n.strip() for n in text.split(",") if n.strip())
-        if not names or any(n not in choices for n in names):
-            raise argparse.ArgumentTypeError(f"choose {label}from {','.join(choices)}, got {text!r}")
+        if not names or any(n not in options for n in names):
+            raise argparse.ArgumentTypeError(f"choose {label}from {','.join(options)}, got {text!r}")
         return names
     return parse
 

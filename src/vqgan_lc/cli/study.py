@@ -10,7 +10,13 @@ from __future__ import annotations
 import argparse
 
 from . import common
-from ..quantize.config import KINDS as QUANTIZERS  # the study trains every quantizer kind
+
+
+def _quantizer_kinds() -> tuple[str, ...]:
+    """Every quantizer kind (the study's default); read when the flag is parsed, so that building
+    the parser imports no torch."""
+    from ..quantize.config import KINDS
+    return KINDS
 
 
 def _ints(text: str) -> tuple[int, ...]:
@@ -34,8 +40,9 @@ def register(sub) -> None:
                           parents=[common.parent(common.device, common.overrides)])
     p.add_argument("--out", required=True, help="study folder (a rerun skips finished combinations)")
     p.add_argument("--sizes", type=_ints, help="codebook sizes (default 1024,4096,16384,65536; 262144 too if asked)")
-    p.add_argument("--quantizers", type=common.comma_names(QUANTIZERS),
-                   help=f"default {','.join(QUANTIZERS)} (ema-restart: EMA with data start and dead-code restarts; "
+    p.add_argument("--quantizers", type=common.comma_names(_quantizer_kinds),
+                   help="default: every kind, lc,vq,fc,ema,ema-restart,l2,simvq (ema-restart: EMA with data start and "
+                        "dead-code restarts; "
                         "l2: LlamaGen's l2-normalised 8-d codes; simvq: SimVQ)")
     p.add_argument("--steps", type=common.positive_int,
                    help="training steps per combination (default 128: one pass over the 2,048 train crops)")

@@ -14,6 +14,7 @@ subclass of `Family` with its model module and one `register_family(...)` call (
 from __future__ import annotations
 
 import importlib
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -61,8 +62,8 @@ def _import(path: str):
     return getattr(importlib.import_module(module), name)
 
 
-class Family:
-    """Base record. Subclasses set the class attributes and override what differs."""
+class Family(ABC):
+    """Base record. Subclasses set the class attributes and implement the abstract methods."""
     name: ClassVar[str]
     data_kind: ClassVar[str]                  # the cache kind it trains on
     model_path: ClassVar[str]                 # "module:Class" of its PretrainedModel
@@ -78,23 +79,26 @@ class Family:
     def config_class(self) -> type[Config]:
         return _import(self.config_path)
 
+    @abstractmethod
     def presets(self) -> list[str]:
-        raise NotImplementedError
+        """The preset names of this family (`<name>-tiny`, ...)."""
 
+    @abstractmethod
     def model_config(self, preset: str, data: DataSpec, **overrides: Any) -> Config:
-        raise NotImplementedError
+        """The preset's architecture sized to `data` (vocabulary, grid, latent width, classes)."""
 
     def build_process(self, process_config) -> Any:
         """The training/sampling process for a `ProcessConfig` (None: the model is its own)."""
         return None
 
+    @abstractmethod
     def training_loss(self, model: nn.Module, process: Any, x: torch.Tensor, labels: torch.Tensor):
-        raise NotImplementedError
+        """(loss, logs) of one batch: token ids or latents `x` already at the training scale."""
 
+    @abstractmethod
     def sample(self, model: nn.Module, process: Any, labels: torch.Tensor, request: SampleRequest,
                shape: tuple[int, ...], rng, noise: torch.Tensor | None = None) -> Drawn:
         """Draw for `labels` (B,); `noise` (B, *shape) replaces the starting noise drawn from `rng`."""
-        raise NotImplementedError
 
     def check_data(self, preset: str, data: DataSpec) -> None:
         if data.kind != self.data_kind:

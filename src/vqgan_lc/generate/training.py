@@ -123,11 +123,7 @@ class GeneratorTask(TrainingTask):
 
     def build_optimizers(self, model: PretrainedModel):
         cfg = self.config
-        # no weight decay on norms, biases and embeddings' 1-d parameters (the usual AdamW split)
-        decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
-        rest = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
-        groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": rest, "weight_decay": 0.0}]
-        return {"generator": torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas)}
+        return {"generator": model.configure_optimizer(lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)}
 
     def train_step(self, ctx: StepContext, batches: list) -> dict[str, float]:
         logs_sum: dict[str, float] = {}

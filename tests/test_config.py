@@ -94,3 +94,12 @@ def test_config_differences_name_dotted_keys_and_skip_ignored_ones():
     saved = {"codebook_size": 16, "inner": {"width": 8, "sizes": [1, 2]}, "out_dir": "runs/x"}  # as JSON gives it back
     assert config_differences(saved, old) == []
     assert config_differences({"inner": {"width": 8}}, {"inner": {"width": 8, "extra": 1}}) == ["inner.extra"]
+
+
+def test_describe_fields_lists_the_defaults_a_parent_gives_its_nested_configs():
+    # the study trains the tiny preset's autoencoder: its --help must not print AutoencoderConfig()'s 256 px
+    from vqgan_lc.study import StudyConfig
+
+    rows = {key: default for key, _, default in StudyConfig.describe_fields()}
+    assert rows["autoencoder.resolution"] == StudyConfig().autoencoder.resolution == 64
+    assert rows["loss.disc_start"] == StudyConfig().loss.disc_start

@@ -151,18 +151,23 @@ class Config(metaclass=_RenamedKeywords):
     @classmethod
     def describe_fields(cls, prefix: str = "") -> list[tuple[str, str, Any]]:
         """(dotted key, type, default) of every field, nested configs flattened: for `--help` listings."""
-        rows = []
-        hints = typing.get_type_hints(cls)
-        instance = cls()  # type: ignore[call-arg]
-        for f in dataclasses.fields(cls):  # type: ignore[arg-type]
-            if f.name.startswith("_"):
-                continue
-            value = getattr(instance, f.name)
-            if isinstance(value, Config):
-                rows += type(value).describe_fields(prefix + f.name + ".")
-            else:
-                rows.append((prefix + f.name, _type_name(hints[f.name]), value))
-        return rows
+        return _describe(cls(), prefix)  # type: ignore[call-arg]
+
+
+def _describe(instance: Config, prefix: str) -> list[tuple[str, str, Any]]:
+    # walks the instance, not the nested classes: a nested config's default is the value its
+    # parent gives it (the study's autoencoder is the tiny preset's, not AutoencoderConfig())
+    rows = []
+    hints = typing.get_type_hints(type(instance))
+    for f in dataclasses.fields(instance):
+        if f.name.startswith("_"):
+            continue
+        value = getattr(instance, f.name)
+        if isinstance(value, Config):
+            rows += _describe(value, prefix + f.name + ".")
+        else:
+            rows.append((prefix + f.name, _type_name(hints[f.name]), value))
+    return rows
 
 
 def config_differences(old: Config | dict, new: Config | dict, *, ignore: tuple[str, ...] = ()) -> list[str]:

@@ -196,3 +196,35 @@ def test_the_study_flag_names_every_quantizer_kind():
     study = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices["study"]
     flag = next(a for a in study._actions if a.dest == "quantizers")
     assert ",".join(KINDS) in flag.help and flag.type(",".join(KINDS)) == KINDS
+
+
+def test_replicate_seeds_train_their_own_codebooks_and_the_tables_give_mean_and_interval(tmp_path):
+    out = tmp_path / "s"
+    config = tiny(out, quantizers=("lc",), seeds=2)
+    assert [(c.name, c.seed) for c in plan(config)] == [("lc-64", 0), ("lc-64-seed1", 1)]
+    report = run_study(config)
+    first, second = report["combinations"]
+    assert (first["seed"], second["seed"]) == (0, 1)
+    # each replicate has its own k-means codebook (its own crops and seed) and its own initialisation
+    books = sorted(p.name for p in (out / "codebooks").glob("*.safetensors"))
+    assert books == ["global-64-seed1.safetensors", "global-64.safetensors"]
+    a = VQModel.from_pretrained(out / "runs" / "lc-64" / "tokenizer").quantizer.codebook
+    b = VQModel.from_pretrained(out / "runs" / "lc-64-seed1" / "tokenizer").quantizer.codebook
+    assert not torch.equal(a, b)
+    assert tokenizer_train_config(config, plan(config)[1], tmp_path, None).seed == 1
+    [cell] = report["summary"]
+    utilization = [first["utilization"], second["utilization"]]
+    assert cell["utilization"] == pytest.approx(sum(utilization) / 2)
+    assert cell["spread"]["utilization"]["n"] == 2 and cell["seeds"] == [0, 1]
+    text = (out / "report.md").read_text()
+    assert f"{100 * cell['utilization']:.1f} +- {100 * cell['spread']['utilization']['ci95']:.1f}" in text
+    assert "over 2 seeds" in text and "Seeds 0-1" in report["protocol"]
+    # a replicate made as a study of its own (seed=1, folder lc-64) can be linked in under its replicate name
+    (out / "runs" / "lc-64-seed1").rename(tmp_path / "lc-64")
+    (out / "runs" / "lc-64-seed1").symlink_to(tmp_path / "lc-64", target_is_directory=True)
+    marker = tmp_path / "lc-64" / "result.json"
+    result = json.loads(marker.read_text())
+    result["spec"]["combination"]["name"] = "lc-64"  # what `--set seed=1` alone names it
+    marker.write_text(json.dumps(result))
+    again = run_study(config)
+    assert again["combinations_trained"] == 0 and [r["name"] for r in again["combinations"]] == ["lc-64", "lc-64-seed1"]

@@ -4,6 +4,7 @@
     vqgan-lc study --out runs/study --sizes 262144 --quantizers lc   # the 262,144-entry point
     vqgan-lc study --out runs/study --ablation init|projector|dim    # Tables 6, 10, 11
     vqgan-lc study --out runs/study --classify mnist,photos          # + a ViT on every tokenizer's token maps
+    vqgan-lc study --out runs/study --seeds 3                        # replicates: mean +- 95% interval
 
 Every combination (quantizer x codebook size, or an ablation's variant x size) trains the
 same tokenizer architecture on the same data (crops of the bundled photos' train regions),
@@ -129,6 +130,11 @@ class StudyConfig(Config):
     classify_train_crops: int = 2048  # photos: labelled train crops
     classify_val_crops: int = 512     # photos: labelled held-out crops
     seed: int = 0
+    # Replicates of the whole pipeline at seeds seed .. seed+seeds-1 (codebook crops, k-means, the
+    # tokenizer's initialisation and data order): the tables then give each number as the mean
+    # +- the half-width of its 95% interval. One seed can mislead: LC at 1,024 entries used 84.8%,
+    # 98.2% and 93.8% of its entries at seeds 0, 1, 2 (README, "Study").
+    seeds: int = 1
     device: str = "auto"
     progress: bool = True
 
@@ -168,8 +174,9 @@ class StudyConfig(Config):
             raise ValueError(f"ablation must be one of {', '.join(ABLATIONS)}, got {self.ablation!r}")
         if not self.dims or min(self.dims) < 1:
             raise ValueError(f"dims must be positive latent widths, e.g. dims=4,8,16,64; got {self.dims}")
-        if min(self.steps, self.batch_size, self.low_dim, self.train_crops, self.kmeans_iters) < 1 or self.lr <= 0:
-            raise ValueError("steps, batch_size, low_dim, train_crops and kmeans_iters must be >= 1 and lr > 0")
+        if min(self.steps, self.batch_size, self.low_dim, self.train_crops, self.kmeans_iters, self.seeds) < 1 \
+                or self.lr <= 0:
+            raise ValueError("steps, batch_size, low_dim, train_crops, kmeans_iters and seeds must be >= 1 and lr > 0")
         if self.eval_crops < 2 or self.usage_crops < self.eval_crops:
             raise ValueError(f"need eval_crops >= 2 and usage_crops >= eval_crops (the usage window contains the "
                              f"metric crops), got {self.eval_crops} and {self.usage_crops}")
@@ -208,40 +215,55 @@ class Combination:
     codebook: str | None = None   # LC codebook: "global" (k-means) | "random-select" | "gaussian"
     projector: str = "linear"
     train_codebook: bool = False
+    seed: int = 0             # the replicate: codebook crops, k-means, initialisation and data order
 
 
-def _lc(cfg: StudyConfig, size: int, series: str = "lc", label: str = LABELS["lc"], **kw) -> Combination:
+def _seed_suffix(cfg: StudyConfig, seed: int) -> str:
+    """Folder and codebook names of a replicate; the first seed keeps the plain names."""
+    return "" if seed == cfg.seed else f"-seed{seed}"
+
+
+def _lc(cfg: StudyConfig, size: int, seed: int, series: str = "lc", label: str = LABELS["lc"],
+        **kw) -> Combination:
     """An LC variant; the one equal to the main sweep's VQGAN-LC gets its name (trained once)."""
     base = dict(kind="lc", size=size, dim=cfg.low_dim, codebook="global", projector="linear", train_codebook=False)
     spec = {**base, **kw}
-    name = f"lc-{size}" if spec == base else f"lc-{series}-{size}"
-    return Combination(name=name, series=series, label=label, **spec)
+    name = (f"lc-{size}" if spec == base else f"lc-{series}-{size}") + _seed_suffix(cfg, seed)
+    return Combination(name=name, series=series, label=label, seed=seed, **spec)
 
 
 def plan(cfg: StudyConfig) -> list[Combination]:
-    """The combinations a study trains, in order (by size, then quantizer or variant)."""
+    """The combinations a study trains, in order (by replicate, then size, then quantizer or variant)."""
     combos: list[Combination] = []
-    for size in cfg.sizes:
-        if cfg.ablation == "none":
-            for kind in cfg.quantizers:
-                if kind == "lc":
-                    combos.append(_lc(cfg, size))
-                else:
-                    # VQ and EMA (with or without restarts) keep the encoder's width, as in the paper;
-                    # FC, LlamaGen's l2 codes and SimVQ quantize at low_dim
-                    dim = cfg.low_dim if kind in LOW_DIM_KINDS else cfg.autoencoder.z_channels
-                    combos.append(Combination(f"{kind}-{size}", kind, LABELS[kind], kind, size, dim))
-        elif cfg.ablation == "init":  # Table 6: how the frozen entries are initialised
-            combos += [_lc(cfg, size, "gaussian", "random Gaussian (features' mean/std)", codebook="gaussian"),
-                       _lc(cfg, size, "random-select", "random selection of features", codebook="random-select"),
-                       _lc(cfg, size, "kmeans", "k-means of features (VQGAN-LC)")]
-        elif cfg.ablation == "projector":  # Table 10: the projector and a frozen codebook, each removed
-            combos += [_lc(cfg, size, "static", "static codebook, no projector", projector="none", dim=CODEBOOK_DIM),
-                       _lc(cfg, size, "frozen", "projector + frozen codebook (VQGAN-LC)"),
-                       _lc(cfg, size, "trainable", "projector + trainable codebook", train_codebook=True)]
-        else:  # Table 11: the latent width D'
-            combos += [_lc(cfg, size, f"d{d}", f"D'={d}", dim=d) for d in cfg.dims]
+    for seed in range(cfg.seed, cfg.seed + cfg.seeds):
+        for size in cfg.sizes:
+            combos += _plan_size(cfg, size, seed)
     return combos
+
+
+def _plan_size(cfg: StudyConfig, size: int, seed: int) -> list[Combination]:
+    if cfg.ablation == "none":
+        combos = []
+        for kind in cfg.quantizers:
+            if kind == "lc":
+                combos.append(_lc(cfg, size, seed))
+            else:
+                # VQ and EMA (with or without restarts) keep the encoder's width, as in the paper;
+                # FC, LlamaGen's l2 codes and SimVQ quantize at low_dim
+                dim = cfg.low_dim if kind in LOW_DIM_KINDS else cfg.autoencoder.z_channels
+                combos.append(Combination(f"{kind}-{size}{_seed_suffix(cfg, seed)}", kind, LABELS[kind], kind, size,
+                                          dim, seed=seed))
+        return combos
+    if cfg.ablation == "init":  # Table 6: how the frozen entries are initialised
+        return [_lc(cfg, size, seed, "gaussian", "random Gaussian (features' mean/std)", codebook="gaussian"),
+                _lc(cfg, size, seed, "random-select", "random selection of features", codebook="random-select"),
+                _lc(cfg, size, seed, "kmeans", "k-means of features (VQGAN-LC)")]
+    if cfg.ablation == "projector":  # Table 10: the projector and a frozen codebook, each removed
+        return [_lc(cfg, size, seed, "static", "static codebook, no projector", projector="none", dim=CODEBOOK_DIM),
+                _lc(cfg, size, seed, "frozen", "projector + frozen codebook (VQGAN-LC)"),
+                _lc(cfg, size, seed, "trainable", "projector + trainable codebook", train_codebook=True)]
+    # Table 11: the latent width D'
+    return [_lc(cfg, size, seed, f"d{d}", f"D'={d}", dim=d) for d in cfg.dims]
 
 
 def tokenizer_train_config(cfg: StudyConfig, combo: Combination, out_dir: Path, codebook: Path | None):
@@ -261,7 +283,7 @@ def tokenizer_train_config(cfg: StudyConfig, combo: Combination, out_dir: Path, 
         model=model, codebook=str(codebook) if codebook is not None else None, data=f"demo:train:{cfg.train_crops}",
         batch_size=cfg.batch_size, lr=cfg.lr, quantizer_lr_scale=cfg.quantizer_lr_scale, max_steps=cfg.steps,
         warmup_epochs=0.0, loss=copy.deepcopy(cfg.loss),
-        seed=cfg.seed, out_dir=str(out_dir), save_every=max(cfg.steps // 2, 1), image_every=cfg.steps,
+        seed=combo.seed, out_dir=str(out_dir), save_every=max(cfg.steps // 2, 1), image_every=cfg.steps,
         usage_every=max(cfg.steps // 10, 1), log_every=10, device=cfg.device).validate()
 
 
@@ -270,20 +292,21 @@ def _json(data):
     return json.loads(json.dumps(data, default=str))
 
 
-def codebook_spec(cfg: StudyConfig, mode: str, size: int) -> dict:
+def codebook_spec(cfg: StudyConfig, mode: str, size: int, seed: int) -> dict:
     return {"mode": mode, "size": size, "backbone": BACKBONE, "crops": cfg.codebook_crops,
             "vectors": cfg.codebook_vectors(size), "crop_size": cfg.codebook_crop_size,
-            "kmeans_iters": cfg.kmeans_iters, "seed": cfg.seed}
+            "kmeans_iters": cfg.kmeans_iters, "seed": seed}
 
 
 def combination_spec(cfg: StudyConfig, combo: Combination) -> dict:
     """Everything that decides a combination's numbers: what a finished one is checked against."""
     train = tokenizer_train_config(cfg, combo, Path("."), None).to_dict()
     # series and label only name the table a variant appears in: equal variants share one folder
-    what = {k: v for k, v in asdict(combo).items() if k not in ("series", "label")}
+    # (the replicate's seed is recorded by the training and codebook settings)
+    what = {k: v for k, v in asdict(combo).items() if k not in ("series", "label", "seed")}
     return _json({"combination": what,
                   "train": {k: v for k, v in train.items() if k not in free_train_fields()},
-                  "codebook": codebook_spec(cfg, combo.codebook, combo.size) if combo.codebook else None,
+                  "codebook": codebook_spec(cfg, combo.codebook, combo.size, combo.seed) if combo.codebook else None,
                   "eval": {"eval_crops": cfg.eval_crops, "usage_crops": cfg.usage_window(combo.size),
                            "fd_image_size": cfg.fd_image_size}})
 
@@ -291,10 +314,12 @@ def combination_spec(cfg: StudyConfig, combo: Combination) -> dict:
 # --- codebooks -------------------------------------------------------------------------------------
 
 class _Features:
-    """Lite0 patch features of the codebook crops, extracted on first use and kept for every size."""
+    """Lite0 patch features of the codebook crops, extracted on first use and kept for every size
+    (one set per replicate seed: its crops are its own)."""
 
-    def __init__(self, cfg: StudyConfig):
+    def __init__(self, cfg: StudyConfig, seed: int | None = None):
         self.cfg = cfg
+        self.seed = cfg.seed if seed is None else seed
         self._vectors = None
 
     def __call__(self):
@@ -311,7 +336,7 @@ class _Features:
                      count, cfg.codebook_crop_size)
             t0 = time.perf_counter()
             # the first codebook_crops crops are the same whatever the count (one seeded stream)
-            crops = build_dataset(f"demo:train:{count}", cfg.codebook_crop_size, train=True, seed=cfg.seed + 1)
+            crops = build_dataset(f"demo:train:{count}", cfg.codebook_crop_size, train=True, seed=self.seed + 1)
             loader = DataLoader(crops, batch_size=32, collate_fn=collate_skip_corrupt)
             # pool=None: every grid cell is a vector (8x8 per 128 px crop), as in the demo
             self._vectors, _, _ = extract_in_memory(loader, as_backbone(BACKBONE), pool=None)
@@ -324,14 +349,15 @@ class _Features:
 
 
 def ensure_codebook(cfg: StudyConfig, mode: str, size: int, features: _Features) -> Path:
-    """OUT/codebooks/<mode>-<size>.safetensors, built once; its .json sidecar (written last)
-    holds the settings it was built with."""
+    """OUT/codebooks/<mode>-<size>[-seed<k>].safetensors, built once (from the features' seed);
+    its .json sidecar (written last) holds the settings it was built with."""
     from .codebook.build import build_codebook_from_vectors
     from .codebook.io import save_codebook
 
-    path = Path(cfg.out_dir) / "codebooks" / f"{mode}-{size}.safetensors"
+    seed = features.seed
+    path = Path(cfg.out_dir) / "codebooks" / f"{mode}-{size}{_seed_suffix(cfg, seed)}.safetensors"
     sidecar = path.with_suffix(".json")
-    spec = _json(codebook_spec(cfg, mode, size))
+    spec = _json(codebook_spec(cfg, mode, size, seed))
     if path.is_file() and sidecar.is_file():
         saved = json.loads(sidecar.read_text())["spec"]
         if saved == spec:
@@ -339,7 +365,7 @@ def ensure_codebook(cfg: StudyConfig, mode: str, size: int, features: _Features)
         raise ValueError(f"{path} was built with other settings ({', '.join(config_differences(saved, spec))} differ); "
                          "choose another --out")
     t0 = time.perf_counter()
-    vectors, info = build_codebook_from_vectors(features()[:cfg.codebook_vectors(size)], None, size, mode, cfg.seed,
+    vectors, info = build_codebook_from_vectors(features()[:cfg.codebook_vectors(size)], None, size, mode, seed,
                                                 iters=cfg.kmeans_iters)
     save_codebook(path, vectors, {"backbone": BACKBONE, "pooling": "none", **info})
     info["seconds"] = round(time.perf_counter() - t0, 1)
@@ -399,10 +425,12 @@ def run_combination(cfg: StudyConfig, combo: Combination, features: _Features) -
     marker = folder / RESULT_NAME
     if marker.is_file():
         done = json.loads(marker.read_text())
-        if done.get("spec") == spec:
+        # the folder's name is where the result lives, not a setting: a replicate trained as a
+        # study of its own (seed=1) can be linked in as lc-1024-seed1
+        differ = config_differences(done.get("spec", {}), spec, ignore=("combination.name",))
+        if not differ:
             log.info("%s: finished earlier, skipped", combo.name)
-            return done
-        differ = config_differences(done.get("spec", {}), spec)
+            return {**done, "name": combo.name, "seed": combo.seed}
         raise ValueError(f"{folder} was trained with other settings ({', '.join(differ)} differ); choose another "
                          f"--out, or delete {folder} to retrain it")
     codebook = ensure_codebook(cfg, combo.codebook, combo.size, features) if combo.codebook else None
@@ -493,6 +521,30 @@ def classify_all(cfg: StudyConfig, results: list[dict]) -> dict:
 
 # --- report ----------------------------------------------------------------------------------------
 
+SUMMARIZED = ("utilization", "num_used", "perplexity", "psnr", "ssim", "perceptual", "fd_lite0")
+
+
+def summarize(results: list[dict]) -> list[dict]:
+    """One row per table cell (series x size): the replicates' mean of every scored number, with
+    `spread[key]` = mean_interval over the seeds (n = 1 where the study ran one seed)."""
+    cells: dict[tuple, list[dict]] = {}
+    for r in results:
+        cells.setdefault((r["series"], r["size"]), []).append(r)
+    rows = []
+    for runs in cells.values():
+        spread = {k: mean_interval([float(r[k]) for r in runs]) for k in SUMMARIZED}
+        rows.append({**{k: v for k, v in runs[0].items() if k not in ("name", "usage_curve")},
+                     **{k: spread[k]["mean"] for k in SUMMARIZED}, "spread": spread,
+                     "seeds": [r.get("seed", 0) for r in runs], "names": [r["name"] for r in runs]})
+    return rows
+
+
+def _mean_pm(row: dict, key: str, scale: float = 1.0, digits: int = 1) -> str:
+    """"m" for one seed, "m +- h" (the 95% interval's half-width) for several."""
+    spread = row.get("spread", {}).get(key)
+    text = f"{scale * row[key]:.{digits}f}"
+    return text if spread is None or spread["n"] < 2 else f"{text} +- {scale * spread['ci95']:.{digits}f}"
+
 def _series(results: list[dict]) -> dict[str, list[dict]]:
     grouped: dict[str, list[dict]] = {}
     for r in results:
@@ -505,12 +557,20 @@ def _save(fig, path: Path) -> None:
         fig.savefig(tmp, format="png")
 
 
+def _errors(rows: list[dict], key: str, scale: float = 1.0) -> list[float] | None:
+    """The 95% intervals' half-widths of summarized rows (None where every cell had one seed)."""
+    half = [scale * r.get("spread", {}).get(key, {}).get("ci95", 0.0) for r in rows]
+    return half if any(half) else None
+
+
 def plot_utilization(results: list[dict], path: Path) -> None:
-    """Utilization against codebook size, one line per quantizer (the paper's Figure 1a)."""
+    """Utilization against codebook size, one line per quantizer (the paper's Figure 1a); over
+    several seeds, the mean with its 95% interval."""
     plt = pyplot("the study plots")
     fig, ax = plt.subplots(figsize=(6, 3.8), dpi=120)
     for rows in _series(results).values():
-        ax.plot([r["size"] for r in rows], [100 * r["utilization"] for r in rows], marker="o", label=rows[0]["label"])
+        ax.errorbar([r["size"] for r in rows], [100 * r["utilization"] for r in rows],
+                    yerr=_errors(rows, "utilization", 100), marker="o", capsize=3, label=rows[0]["label"])
     sizes = sorted({r["size"] for r in results})
     ceiling = {r["size"]: r["uniform_ceiling"] for r in results}
     ax.plot(sizes, [100 * ceiling[s] for s in sizes], ls="--", color="grey", lw=1, label="uniform code, same window")
@@ -534,7 +594,8 @@ def plot_reconstruction(results: list[dict], path: Path) -> None:
     for key, ax, title in (("psnr", axes[0], "PSNR (dB), higher is better"),
                            ("fd_lite0", axes[1], "FD-lite0, lower is better")):
         for rows in _series(results).values():
-            ax.plot([r["size"] for r in rows], [r[key] for r in rows], marker="o", label=rows[0]["label"])
+            ax.errorbar([r["size"] for r in rows], [r[key] for r in rows], yerr=_errors(rows, key), marker="o",
+                        capsize=3, label=rows[0]["label"])
         ax.set_xscale("log", base=2)
         ax.set_xticks(sizes, [f"{s:,}" for s in sizes])
         ax.set_xlabel("codebook size N")
@@ -558,13 +619,17 @@ def _pivot(results: list[dict], value, header: str) -> str:
 
 def markdown(report: dict) -> str:
     cfg, results = report["config"], report["combinations"]
+    summary = report.get("summary") or summarize(results)
+    seeds = cfg.get("seeds", 1)
     title = "vqgan-lc study" + ("" if cfg["ablation"] == "none" else f": {cfg['ablation']} ablation")
     parts = [f"# {title}\n"]
-    parts.append("Utilization (%) over the held-out window (in brackets: what a uniform code would reach on it):\n")
-    parts.append(_pivot(results, lambda r: f"{100 * r['utilization']:.1f} ({100 * r['uniform_ceiling']:.0f})",
+    over = "" if seeds < 2 else f"; mean +- 95% interval over {seeds} seeds"
+    parts.append(f"Utilization (%) over the held-out window (in brackets: what a uniform code would reach on it{over}):\n")
+    parts.append(_pivot(summary, lambda r: f"{_mean_pm(r, 'utilization', 100)} ({100 * r['uniform_ceiling']:.0f})",
                         "model \\ N"))
-    parts.append("\nPSNR (dB) / FD-lite0:\n")
-    parts.append(_pivot(results, lambda r: f"{r['psnr']:.2f} / {r['fd_lite0']:.0f}", "model \\ N"))
+    parts.append(f"\nPSNR (dB) / FD-lite0{over}:\n")
+    parts.append(_pivot(summary, lambda r: f"{_mean_pm(r, 'psnr', digits=2)} / {_mean_pm(r, 'fd_lite0', digits=0)}",
+                        "model \\ N"))
     for name, scores in report.get("classification", {}).items():
         by_name = {r["name"]: r for r in results}
         rows = [{**by_name[k], "top1": v["top1"], "train_top1": v["train_top1"]}
@@ -576,10 +641,11 @@ def markdown(report: dict) -> str:
                          f"{first['top1']['n']} seeds; in brackets the mean on the training images):\n")
             parts.append(_pivot(rows, lambda r: f"{100 * r['top1']['mean']:.1f} +- {100 * r['top1']['ci95']:.1f} "
                                                 f"({100 * r['train_top1']['mean']:.1f})", "tokenizer \\ N"))
-    rows = ["| model | N | D' | utilization | entries used | tokens / entry | PSNR | SSIM | perceptual-lite0 | "
-            "FD-lite0 | train s |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    rows = ["| model | N | D' | seed | utilization | entries used | tokens / entry | PSNR | SSIM | perceptual-lite0 | "
+            "FD-lite0 | train s |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
-        rows.append(f"| {r['label']} | {r['size']:,} | {r['dim']} | {100 * r['utilization']:.1f}% | "
+        rows.append(f"| {r['label']} | {r['size']:,} | {r['dim']} | {r.get('seed', cfg['seed'])} | "
+                    f"{100 * r['utilization']:.1f}% | "
                     f"{r['num_used']:,} | {r['tokens_per_entry']:.1f} | {r['psnr']:.2f} | {r['ssim']:.3f} | "
                     f"{r['perceptual']:.3f} | {r['fd_lite0']:.1f} | {r['train_seconds']:.0f} |")
     parts.append("\nEvery combination:\n")
@@ -608,7 +674,11 @@ def _protocol(cfg: StudyConfig) -> str:
             f"vectors of train crops. Utilization: distinct entries used / N over max({cfg.usage_crops} crops, "
             f"{cfg.usage_tokens_per_entry} tokens per entry) of held-out crops ({cfg.tokens_per_crop} tokens each); "
             f"PSNR (RGB), SSIM, "
-            f"perceptual-lite0 and FD-lite0 over the first {cfg.eval_crops} of them. Scale: the paper trains f16 "
+            f"perceptual-lite0 and FD-lite0 over the first {cfg.eval_crops} of them. "
+            + (f"Seed {cfg.seed}. " if cfg.seeds == 1 else
+               f"Seeds {cfg.seed}-{cfg.seed + cfg.seeds - 1}, each replicate with its own codebook crops, k-means, "
+               "initialisation and data order; tables give the mean +- the half-width of the 95% Student-t interval. ")
+            + "Scale: the paper trains f16 "
             "models at 256 px for 20 ImageNet epochs and scores 50,000 val images with LPIPS and rFID; this is a "
             "CPU-sized run of the same code, so compare the trends, not the values (perceptual-lite0 and FD-lite0 "
             "are offline stand-ins, not comparable with LPIPS or FID).")
@@ -625,24 +695,25 @@ def run_study(cfg: StudyConfig) -> dict:
     lock = DirectoryLock(out).acquire()
     try:
         started = time.perf_counter()
-        features = _Features(cfg)
+        features = {seed: _Features(cfg, seed) for seed in range(cfg.seed, cfg.seed + cfg.seeds)}
         combos = plan(cfg)
         log.info("study: %d combinations (%s) in %s", len(combos), ", ".join(c.name for c in combos), out)
         results, trained = [], 0
         for combo in combos:
             before = (out / "runs" / combo.name / RESULT_NAME).is_file()
-            result = run_combination(cfg, combo, features)
+            result = run_combination(cfg, combo, features[combo.seed])
             # a shared folder (an ablation variant equal to the main LC) keeps this table's label
             shown = {k: v for k, v in result.items() if k != "spec"}  # the settings live in the run folder
             results.append({**shown, "series": combo.series, "label": combo.label})
             trained += not before
-        report = {"config": _json(cfg.to_dict()), "combinations": results, "protocol": _protocol(cfg),
-                  "combinations_trained": trained}
-        if cfg.classify:
-            report["classification"] = classify_all(cfg, results)
+        summary = summarize(results)
+        report = {"config": _json(cfg.to_dict()), "combinations": results, "summary": summary,
+                  "protocol": _protocol(cfg), "combinations_trained": trained}
+        if cfg.classify:  # on the first replicate's tokenizers; the classifiers have seeds of their own
+            report["classification"] = classify_all(cfg, [r for r in results if r.get("seed", cfg.seed) == cfg.seed])
         report["seconds"] = round(time.perf_counter() - started, 1)
-        plot_utilization(results, out / "utilization.png")
-        plot_reconstruction(results, out / "reconstruction.png")
+        plot_utilization(summary, out / "utilization.png")
+        plot_reconstruction(summary, out / "reconstruction.png")
         atomic_write_json(out / "report.json", report)
         text = markdown(report)
         atomic_write_text(out / "report.md", text)

@@ -4,6 +4,7 @@ paper ablation, with a report, tables and plots; resumable.
     vqgan-lc study --out runs/study [--sizes 1024,4096,16384,65536,262144] [--quantizers lc,vq,ema-restart] [--steps 128]
     vqgan-lc study --out runs/study --ablation init|projector|dim
     vqgan-lc study --out runs/study --classify mnist,photos
+    vqgan-lc study --out runs/study --sizes 1024 --quantizers lc --seeds 3   # mean +- 95% interval
 """
 from __future__ import annotations
 
@@ -46,6 +47,9 @@ def register(sub) -> None:
                         "l2: LlamaGen's l2-normalised 8-d codes; simvq: SimVQ)")
     p.add_argument("--steps", type=common.positive_int,
                    help="training steps per combination (default 128: one pass over the 2,048 train crops)")
+    p.add_argument("--seeds", type=common.positive_int,
+                   help="replicates of the whole pipeline at seeds seed..seed+N-1 (codebook, initialisation, data "
+                        "order): the tables give mean +- 95%% interval (default 1)")
     p.add_argument("--ablation", choices=("init", "projector", "dim"),
                    help="init: Gaussian / random-select / k-means codebook (Table 6); projector: static codebook, "
                         "projector + frozen, projector + trainable (Table 10); dim: D' of 4, 8, 16, 64 (Table 11)")
@@ -60,7 +64,7 @@ def run(args) -> int:
     from .common import writable_out
 
     config = StudyConfig(out_dir=args.out, device=args.device)
-    for name in ("sizes", "quantizers", "steps", "classify"):
+    for name in ("sizes", "quantizers", "steps", "seeds", "classify"):
         if getattr(args, name) is not None:
             setattr(config, name, getattr(args, name))
     if args.ablation:

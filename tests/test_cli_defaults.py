@@ -27,8 +27,8 @@ NO_CONFIG = {"train", "reconstruct", "encode", "decode", "export", "presets", "c
              "train-gen", "plot", "info", "app", ""}
 # Flags whose absence keeps the config's value: the command sets the field only when the flag is
 # given (study: `if getattr(args, name) is not None`), so None is "not given", not a default.
-ONLY_WHEN_GIVEN = {("study", "sizes"), ("study", "quantizers"), ("study", "steps"), ("study", "ablation"),
-                   ("study", "classify")}
+ONLY_WHEN_GIVEN = {("study", "sizes"), ("study", "quantizers"), ("study", "steps"), ("study", "seeds"),
+                   ("study", "ablation"), ("study", "classify")}
 
 
 def _commands(parser, path=()):

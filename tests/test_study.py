@@ -13,7 +13,7 @@ from vqgan_lc.tokenizer.model import VQModel
 TINY = ["autoencoder.resolution=32", "autoencoder.ch=8", "autoencoder.ch_mult=1,2,2", "autoencoder.z_channels=8",
         "autoencoder.norm_groups=4", "autoencoder.attn_resolutions=", "loss.perceptual=none", "steps=2",
         "batch_size=4", "train_crops=8", "codebook_crops=8", "codebook_crop_size=64", "kmeans_iters=2",
-        "eval_crops=2", "usage_crops=4", "fd_image_size=32", "low_dim=4", "dims=2,4", "classifier.width=16",
+        "eval_crops=2", "usage_crops=4", "usage_tokens_per_entry=8", "fd_image_size=32", "low_dim=4", "dims=2,4", "classifier.width=16",
         "classifier.depth=1", "classifier.heads=2", "classify_epochs=1", "classify_per_class=3",
         "classify_batch_size=8", "classify_seeds=2"]
 
@@ -38,8 +38,12 @@ def test_report_tables_plots_and_classification(finished):
     names = [r["name"] for r in report["combinations"]]
     assert names == ["lc-64", "vq-64"]
     for r in report["combinations"]:
-        assert 0.0 < r["utilization"] <= 1.0 and r["num_tokens"] == 4 * 64  # 4 crops x 8x8 tokens
-        assert r["uniform_ceiling"] == pytest.approx(uniform_ceiling(256, 64))
+        assert 0.0 < r["utilization"] <= 1.0 and r["num_tokens"] == 8 * 64  # 8 tokens per entry: 8 crops x 8x8
+        assert r["uniform_ceiling"] == pytest.approx(uniform_ceiling(512, 64))
+        # the same window read at 4 and 8 tokens per entry; the longer one is the headline
+        assert [p["tokens_per_entry"] for p in r["window_curve"]] == [4, 8]
+        assert r["window_curve"][0]["uniform_ceiling"] == pytest.approx(uniform_ceiling(256, 64))
+        assert r["window_curve"][0]["num_used"] <= r["window_curve"][1]["num_used"] == r["num_used"]
         assert r["psnr"] > 0 and r["fd_lite0"] >= 0
         assert (out / "runs" / r["name"] / "tokenizer" / "model.safetensors").is_file()
     lc, vq = report["combinations"]
@@ -55,6 +59,7 @@ def test_report_tables_plots_and_classification(finished):
     assert (out / "utilization.png").stat().st_size > 1000 and (out / "reconstruction.png").stat().st_size > 1000
     text = (out / "report.md").read_text()
     assert "| VQGAN-LC |" in text and "| VQGAN |" in text and "classification top-1" in text
+    assert "against the window's length" in text and "| model | N | 4 | 8 |" in text
     assert json.loads((out / "report.json").read_text())["combinations_trained"] == 2
 
 
@@ -158,8 +163,12 @@ def test_kmeans_vectors_and_usage_window_grow_with_the_largest_size():
     # small sizes keep the 2,048 crops' 131,072 vectors; 65,536 gets 10 per entry; 262,144 too
     assert [config.codebook_vectors(s) for s in config.sizes] == [131072, 655360, 2621440]
     assert config.feature_crops() == 2621440 // 64
-    # at least 4 tokens per entry: 4,096 crops up to 65,536 entries, 16,384 crops at 262,144
-    assert [config.usage_window(s) for s in config.sizes] == [4096, 4096, 16384]
+    # at least 32 tokens per entry: 4,096 crops up to 8,192 entries, then 32 x N / 64 crops
+    assert [config.usage_window(s) for s in config.sizes] == [4096, 32768, 131072]
+    # the window curve: 4, 8, 16 and 32 tokens per entry, all inside the window
+    assert config.usage_marks(65536) == (262144, 524288, 1048576, 2097152)
+    assert config.usage_marks(65536)[-1] == config.usage_window(65536) * config.tokens_per_crop
+    assert StudyConfig(usage_tokens_per_entry=10).validate().usage_marks(1024) == (4096, 8192)
     assert StudyConfig(sizes=(1024,)).validate().feature_crops() == 2048
 
 

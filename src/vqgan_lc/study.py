@@ -12,9 +12,10 @@ for the same steps, batch and losses, with only the quantizer changed; it is eva
 same held-out crops (the photos' held-out regions):
 
 - utilization over a token window of max(`usage_crops` crops, `usage_tokens_per_entry` x N
-  tokens) (the same 4,096 crops up to 65,536 entries, first crops shared by every size), with
-  the share a perfectly uniform code would reach on that window beside it (1 - (1 - 1/N)^T),
-  so a small window is never mistaken for an unused codebook;
+  tokens) (4,096 crops up to 8,192 entries, 32 tokens per entry beyond; first crops shared by
+  every size), with the share a perfectly uniform code would reach on that window beside it
+  (1 - (1 - 1/N)^T), so a small window is never mistaken for an unused codebook; the same pass
+  also reads it at 4, 8, 16, ... tokens per entry (`window_curve`);
 - PSNR, SSIM, perceptual-lite0 and FD-lite0 (offline stand-ins: not LPIPS / rFID) over the
   first `eval_crops` of those crops, by the project's evaluator.
 
@@ -51,7 +52,7 @@ from .config import Config, config_differences
 from .data.grid import pyplot
 from .files import atomic_path, atomic_write_json, atomic_write_text
 from .quantize.config import KINDS
-from .tokenizer.config import CPU_QUANTIZER_LR_SCALE, AutoencoderConfig, get_preset
+from .tokenizer.config import AutoencoderConfig, get_preset
 from .tokenizer.losses import LossConfig
 
 log = logging.getLogger("vqgan_lc.study")
@@ -71,6 +72,12 @@ BACKBONE = "efficientnet-lite0"
 CODEBOOK_DIM = 112           # EfficientNet-Lite0 stride-16 features: the width of every LC entry here
 FEATURE_STRIDE = 16          # one feature vector per 16x16 pixels of a codebook crop
 RESULT_NAME = "result.json"
+# The quantizers' trained parameters (LC projector, VQ/FC/l2 codebooks, SimVQ map) learn at this
+# multiple of the common rate, alike for every quantizer. 128 steps are shorter than the demo's
+# 200 (which keeps CPU_QUANTIZER_LR_SCALE = 30): at 30, LC at 1,024 entries used 84.8%, 98.2% and
+# 93.8% at seeds 0-2; at 100, 95.8%, 98.6% and 99.9%, PSNR unchanged (docs/utilization.md, section 5).
+STUDY_QUANTIZER_LR_SCALE = 100.0
+WINDOW_CURVE_START = 4  # tokens per entry of the window curve's first point
 
 
 def free_train_fields() -> tuple[str, ...]:
@@ -98,7 +105,7 @@ class StudyConfig(Config):
     steps: int = 128
     batch_size: int = 16
     lr: float = 1e-3
-    quantizer_lr_scale: float = CPU_QUANTIZER_LR_SCALE  # the LC projector / VQ-FC codebook learn 30x faster (docs/utilization.md)
+    quantizer_lr_scale: float = STUDY_QUANTIZER_LR_SCALE
     low_dim: int = 8                 # D' of LC and FC (the paper's f16: 8); VQ and EMA use z_channels (paper: 256)
     autoencoder: AutoencoderConfig = field(default_factory=_tiny_autoencoder)  # 64 px, f8: 8x8 tokens
     # No GAN: a few hundred CPU steps are far too few for it to help (the demo's choice too).
@@ -115,7 +122,11 @@ class StudyConfig(Config):
     # --- evaluation, the same held-out crops for every combination ---
     eval_crops: int = 1024           # PSNR / SSIM / perceptual-lite0 / FD-lite0
     usage_crops: int = 4096          # utilization window: 4,096 crops x 64 tokens = 262,144 tokens
-    usage_tokens_per_entry: int = 4  # a larger size gets a larger window (262,144 entries: 16,384 crops)
+    # A larger size gets a larger window: at least this many tokens per entry (65,536 entries:
+    # 32,768 crops; 262,144: 131,072). At 4 per entry LC's 65,536 entries read 70.6%, at 8 81.9%,
+    # 16 89.0%, 32 93.3%: the short window, not the codebook, held the number down
+    # (docs/utilization.md, section 5); the paper's window is 128 per entry at 100,000 entries.
+    usage_tokens_per_entry: int = 32
     fd_image_size: int = 64
     # --- classification on token maps (`--classify`) ---
     classify: tuple[str, ...] = ()   # labelled sets: "mnist" and/or "photos" (classify/data.py); () = off
@@ -133,7 +144,7 @@ class StudyConfig(Config):
     # Replicates of the whole pipeline at seeds seed .. seed+seeds-1 (codebook crops, k-means, the
     # tokenizer's initialisation and data order): the tables then give each number as the mean
     # +- the half-width of its 95% interval. One seed can mislead: LC at 1,024 entries used 84.8%,
-    # 98.2% and 93.8% of its entries at seeds 0, 1, 2 (README, "Study").
+    # 98.2% and 93.8% of its entries at seeds 0, 1, 2 with the projector at 30x (README, "Study").
     seeds: int = 1
     device: str = "auto"
     progress: bool = True
@@ -163,6 +174,15 @@ class StudyConfig(Config):
     def usage_window(self, size: int) -> int:
         """Held-out crops the utilization of `size` entries is counted over."""
         return max(self.usage_crops, -(-self.usage_tokens_per_entry * size // self.tokens_per_crop))
+
+    def usage_marks(self, size: int) -> tuple[int, ...]:
+        """Token counts inside the window where utilization is also read: 4, 8, 16, ... tokens per
+        entry up to `usage_tokens_per_entry`, so every size is seen at the same tokens per entry."""
+        marks, per_entry = [], WINDOW_CURVE_START
+        while per_entry <= self.usage_tokens_per_entry:
+            marks.append(per_entry * size)
+            per_entry *= 2
+        return tuple(marks)
 
     def check(self) -> None:
         if not self.sizes or min(self.sizes) < 2 or len(set(self.sizes)) != len(self.sizes):
@@ -396,7 +416,8 @@ def evaluate_combination(cfg: StudyConfig, model, folder: Path) -> dict:
 
     model.eval()
     device = next(model.parameters()).device
-    window = token_usage(model, _loader(cfg, cfg.usage_window(model.codebook_size)), device)
+    size = model.codebook_size
+    window = token_usage(model, _loader(cfg, cfg.usage_window(size)), device, marks=cfg.usage_marks(size))
     config = EvalConfig(image_size=cfg.image_size, batch_size=64, perceptual="perceptual-lite0", fid="off",
                         fd_image_size=cfg.fd_image_size, grid_images=8,
                         dataset=f"study held-out crops: the first {cfg.eval_crops} of the usage window's crops of the "
@@ -409,6 +430,11 @@ def evaluate_combination(cfg: StudyConfig, model, folder: Path) -> dict:
         "utilization": float(window["utilization"]), "num_used": int(window["num_used"]), "num_tokens": tokens,
         "perplexity": float(window["perplexity"]), "tokens_per_entry": tokens / model.codebook_size,
         "uniform_ceiling": uniform_ceiling(tokens, model.codebook_size),
+        # utilization against the window's length, at 4, 8, 16, ... tokens per entry
+        "window_curve": [{"tokens_per_entry": point["num_tokens"] / size, "utilization": point["utilization"],
+                          "num_used": point["num_used"], "perplexity": point["perplexity"],
+                          "uniform_ceiling": uniform_ceiling(point["num_tokens"], size)}
+                         for point in window["curve"]],
         "utilization_eval_window": metrics["utilization"],
         **{k: metrics[k] for k in ("psnr", "psnr_y", "ssim", "perceptual", "perceptual_name", "fd_lite0",
                                    "num_images")},
@@ -533,7 +559,7 @@ def summarize(results: list[dict]) -> list[dict]:
     rows = []
     for runs in cells.values():
         spread = {k: mean_interval([float(r[k]) for r in runs]) for k in SUMMARIZED}
-        rows.append({**{k: v for k, v in runs[0].items() if k not in ("name", "usage_curve")},
+        rows.append({**{k: v for k, v in runs[0].items() if k not in ("name", "usage_curve", "window_curve")},
                      **{k: spread[k]["mean"] for k in SUMMARIZED}, "spread": spread,
                      "seeds": [r.get("seed", 0) for r in runs], "names": [r["name"] for r in runs]})
     return rows
@@ -617,6 +643,22 @@ def _pivot(results: list[dict], value, header: str) -> str:
     return "\n".join(lines)
 
 
+def _window_table(results: list[dict]) -> str:
+    """One row per combination: utilization at 4, 8, 16, ... tokens per entry of the held-out
+    window ("" for a result of an earlier version, which kept no curve)."""
+    with_curve = [r for r in results if r.get("window_curve")]
+    if not with_curve:
+        return ""
+    columns = sorted({round(p["tokens_per_entry"]) for r in with_curve for p in r["window_curve"]})
+    lines = ["| model | N | " + " | ".join(str(c) for c in columns) + " |", "|---" * (len(columns) + 2) + "|"]
+    for r in sorted(with_curve, key=lambda r: (r["series"], r["size"])):
+        points = {round(p["tokens_per_entry"]): p for p in r["window_curve"]}
+        cells = [f"{100 * points[c]['utilization']:.1f} ({100 * points[c]['uniform_ceiling']:.0f})" if c in points
+                 else "" for c in columns]
+        lines.append(f"| {r['label']} | {r['size']:,} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def markdown(report: dict) -> str:
     cfg, results = report["config"], report["combinations"]
     summary = report.get("summary") or summarize(results)
@@ -627,6 +669,11 @@ def markdown(report: dict) -> str:
     parts.append(f"Utilization (%) over the held-out window (in brackets: what a uniform code would reach on it{over}):\n")
     parts.append(_pivot(summary, lambda r: f"{_mean_pm(r, 'utilization', 100)} ({100 * r['uniform_ceiling']:.0f})",
                         "model \\ N"))
+    curves = _window_table([r for r in results if r.get("seed", cfg["seed"]) == cfg["seed"]])
+    if curves:
+        parts.append(f"\nUtilization (%) against the window's length in tokens per entry (seed {cfg['seed']}; in "
+                     "brackets what a uniform code would reach):\n")
+        parts.append(curves)
     parts.append(f"\nPSNR (dB) / FD-lite0{over}:\n")
     parts.append(_pivot(summary, lambda r: f"{_mean_pm(r, 'psnr', digits=2)} / {_mean_pm(r, 'fd_lite0', digits=0)}",
                         "model \\ N"))
@@ -672,7 +719,8 @@ def _protocol(cfg: StudyConfig) -> str:
             f"0.25 / 1.0). LC codebooks: {cfg.kmeans_iters}-iteration k-means of {BACKBONE} features "
             f"({CODEBOOK_DIM}-d) of max({cfg.codebook_crops} crops' vectors, {cfg.codebook_vectors_per_entry} x N) "
             f"vectors of train crops. Utilization: distinct entries used / N over max({cfg.usage_crops} crops, "
-            f"{cfg.usage_tokens_per_entry} tokens per entry) of held-out crops ({cfg.tokens_per_crop} tokens each); "
+            f"{cfg.usage_tokens_per_entry} tokens per entry) of held-out crops ({cfg.tokens_per_crop} tokens each), "
+            f"also read at {WINDOW_CURVE_START}, {2 * WINDOW_CURVE_START}, ... tokens per entry of the same window; "
             f"PSNR (RGB), SSIM, "
             f"perceptual-lite0 and FD-lite0 over the first {cfg.eval_crops} of them. "
             + (f"Seed {cfg.seed}. " if cfg.seeds == 1 else

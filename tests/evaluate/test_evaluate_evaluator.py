@@ -176,3 +176,24 @@ def test_tiny_tokenizer_with_nan_decoder_weights_raises(offline):
     with pytest.raises(ValueError, match="produced non-finite reconstructions"):
         evaluate_tokenizer(model, loader, EvalConfig(image_size=32, perceptual="perceptual-lite0", fid="off"),
                            progress=False)
+
+
+def test_token_usage_reads_the_window_curve_at_exact_token_counts():
+    from vqgan_lc.evaluate.evaluator import token_usage
+    from vqgan_lc.quantize.usage import code_counts, usage_stats
+
+    class Encoder(FakeTokenizer):
+        def encode(self, images):
+            return SimpleNamespace(indices=codes_of(nn.functional.avg_pool2d(images.mean(1, keepdim=True),
+                                                                                 FACTOR).squeeze(1)))
+
+    model, (loader, _) = Encoder(), _loader(n=6, batch=4)
+    every = torch.cat([model.encode(b["image"]).indices.flatten() for b in loader])  # 6 x 16 tokens
+    # marks inside a batch, on a batch boundary (64 tokens) and past the window (never reached)
+    stats = token_usage(model, loader, marks=(40, 5, 64, 500))
+    assert [p["num_tokens"] for p in stats["curve"]] == [5, 40, 64]
+    for point in stats["curve"]:
+        expected = usage_stats(code_counts(every[:point["num_tokens"]], NUM_CODES))
+        assert point["num_used"] == expected["num_used"] and point["perplexity"] == pytest.approx(expected["perplexity"])
+    assert stats["num_used"] == usage_stats(code_counts(every, NUM_CODES))["num_used"]
+    assert "curve" not in token_usage(model, loader)

@@ -260,13 +260,27 @@ def write_report(report: dict, path) -> None:
 
 
 @torch.no_grad()
-def token_usage(model, loader, device="cpu") -> dict:
+def token_usage(model, loader, device="cpu", marks: tuple[int, ...] = ()) -> dict:
     """`usage_stats` of the token ids `model.encode` gives for every batch of `loader`, without the
-    image metrics: utilization over a window larger than the metrics need."""
+    image metrics: utilization over a window larger than the metrics need.
+
+    With `marks` (token counts), `stats["curve"]` also gives the stats of the window's first
+    `mark` tokens (images in loader order, tokens in row order) for each mark the window
+    reaches: how utilization grows with the window's length, from one encoding pass."""
     usage = UsageAccumulator(model.codebook_size, device=device)
+    pending, curve, seen = sorted(set(marks)), [], 0
     for batch in loader:
-        usage.update(model.encode(batch["image"].to(device)).indices)
-    return usage.stats()
+        indices = model.encode(batch["image"].to(device)).indices.flatten()
+        start = 0
+        while pending and seen + len(indices) - start >= pending[0]:  # a mark falls inside this batch
+            cut = start + pending.pop(0) - seen
+            usage.update(indices[start:cut])
+            seen, start = seen + cut - start, cut
+            curve.append({**usage.stats(), "num_tokens": seen})
+        usage.update(indices[start:])
+        seen += len(indices) - start
+    stats = usage.stats()
+    return {**stats, "curve": curve} if marks else stats
 
 
 def run_evaluation(model, loader, out_dir, config: EvalConfig, *, device="cpu", progress: bool = True) -> dict:

@@ -651,7 +651,8 @@ def _window_table(results: list[dict]) -> str:
         return ""
     columns = sorted({round(p["tokens_per_entry"]) for r in with_curve for p in r["window_curve"]})
     lines = ["| model | N | " + " | ".join(str(c) for c in columns) + " |", "|---" * (len(columns) + 2) + "|"]
-    for r in sorted(with_curve, key=lambda r: (r["series"], r["size"])):
+    order = {series: k for k, series in enumerate(dict.fromkeys(r["series"] for r in with_curve))}
+    for r in sorted(with_curve, key=lambda r: (order[r["series"]], r["size"])):  # the plan's order
         points = {round(p["tokens_per_entry"]): p for p in r["window_curve"]}
         cells = [f"{100 * points[c]['utilization']:.1f} ({100 * points[c]['uniform_ceiling']:.0f})" if c in points
                  else "" for c in columns]

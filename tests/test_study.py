@@ -57,6 +57,7 @@ def test_report_tables_plots_and_classification(finished):
     # the second seed reuses the first one's token caches
     assert (out / "classify" / "mnist" / "lc-64" / "seed-1" / "cache-train").is_symlink()
     assert (out / "utilization.png").stat().st_size > 1000 and (out / "reconstruction.png").stat().st_size > 1000
+    assert (out / "window.png").stat().st_size > 1000
     text = (out / "report.md").read_text()
     assert "| VQGAN-LC |" in text and "| VQGAN |" in text and "classification top-1" in text
     assert "against the window's length" in text and "| model | N | 4 | 8 |" in text

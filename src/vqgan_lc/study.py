@@ -33,8 +33,8 @@ sweep's LC model (k-means, projector + frozen codebook, D' = low_dim) share its 
 they are trained once for all tables.
 
 Outputs: OUT/report.json, OUT/report.md, OUT/utilization.png (utilization against codebook
-size per quantizer, the paper's Figure 1a) and OUT/reconstruction.png (PSNR and FD-lite0
-against size).
+size per quantizer, the paper's Figure 1a), OUT/reconstruction.png (PSNR and FD-lite0
+against size) and OUT/window.png (utilization against the window's tokens per entry).
 """
 from __future__ import annotations
 
@@ -100,8 +100,8 @@ class StudyConfig(Config):
     ablation: str = "none"           # "none" | "init" (Table 6) | "projector" (Table 10) | "dim" (Table 11)
     dims: tuple[int, ...] = (4, 8, 16, 64)  # D' of the dim ablation
     # --- one training budget for every combination ---
-    # 128 steps of 16 = one pass over the 2,048 train crops; with the evaluation, the 16 default
-    # combinations took 38 min 24 s on 2 quiet cores (README, "Study")
+    # 128 steps of 16 = one pass over the 2,048 train crops: 1.5-2.5 min of training per
+    # combination on 2 CPU cores (README, "Study", for the sweep's time)
     steps: int = 128
     batch_size: int = 16
     lr: float = 1e-3
@@ -612,6 +612,33 @@ def plot_utilization(results: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
+def plot_window_curves(results: list[dict], path: Path) -> bool:
+    """Utilization against the window's length (tokens per entry), one line per combination that
+    kept a curve, with a uniform code's for reference. False (no file) where none kept one."""
+    with_curve = [r for r in results if len(r.get("window_curve") or ()) > 1]
+    if not with_curve:
+        return False
+    plt = pyplot("the study plots")
+    fig, ax = plt.subplots(figsize=(6, 3.8), dpi=120)
+    for r in sorted(with_curve, key=lambda r: r["size"]):
+        points = r["window_curve"]
+        ax.plot([p["tokens_per_entry"] for p in points], [100 * p["utilization"] for p in points], marker="o",
+                label=f"{r['label']}, {r['size']:,}")
+    ticks = sorted({p["tokens_per_entry"] for r in with_curve for p in r["window_curve"]})
+    ax.plot(ticks, [100 * -math.expm1(-t) for t in ticks], ls="--", color="grey", lw=1, label="uniform code")
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
+    ax.set_xlabel("window: held-out tokens per codebook entry")
+    ax.set_ylabel("utilization (%)")
+    ax.set_ylim(0, 105)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    _save(fig, path)
+    plt.close(fig)
+    return True
+
+
 def plot_reconstruction(results: list[dict], path: Path) -> None:
     """PSNR and FD-lite0 against codebook size, one line per quantizer."""
     plt = pyplot("the study plots")
@@ -763,6 +790,7 @@ def run_study(cfg: StudyConfig) -> dict:
         report["seconds"] = round(time.perf_counter() - started, 1)
         plot_utilization(summary, out / "utilization.png")
         plot_reconstruction(summary, out / "reconstruction.png")
+        plot_window_curves([r for r in results if r.get("seed", cfg.seed) == cfg.seed], out / "window.png")
         atomic_write_json(out / "report.json", report)
         text = markdown(report)
         atomic_write_text(out / "report.md", text)

@@ -589,6 +589,21 @@ def _errors(rows: list[dict], key: str, scale: float = 1.0) -> list[float] | Non
     return half if any(half) else None
 
 
+def _save_utilization_axes(plt, fig, ax, ticks, tick_labels, xlabel: str, ylabel: str, path: Path,
+                           legend_size: int) -> None:
+    """A utilization plot's common finish: log2 x axis at the given ticks, 0-105% y axis, saved."""
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(ticks, tick_labels)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_ylim(0, 105)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=legend_size)
+    fig.tight_layout()
+    _save(fig, path)
+    plt.close(fig)
+
+
 def plot_utilization(results: list[dict], path: Path) -> None:
     """Utilization against codebook size, one line per quantizer (the paper's Figure 1a); over
     several seeds, the mean with its 95% interval."""
@@ -600,16 +615,8 @@ def plot_utilization(results: list[dict], path: Path) -> None:
     sizes = sorted({r["size"] for r in results})
     ceiling = {r["size"]: r["uniform_ceiling"] for r in results}
     ax.plot(sizes, [100 * ceiling[s] for s in sizes], ls="--", color="grey", lw=1, label="uniform code, same window")
-    ax.set_xscale("log", base=2)
-    ax.set_xticks(sizes, [f"{s:,}" for s in sizes])
-    ax.set_xlabel("codebook size N")
-    ax.set_ylabel("utilization (%) on held-out crops")
-    ax.set_ylim(0, 105)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    _save(fig, path)
-    plt.close(fig)
+    _save_utilization_axes(plt, fig, ax, sizes, [f"{s:,}" for s in sizes], "codebook size N",
+                           "utilization (%) on held-out crops", path, legend_size=8)
 
 
 def plot_window_curves(results: list[dict], path: Path) -> bool:
@@ -626,16 +633,8 @@ def plot_window_curves(results: list[dict], path: Path) -> bool:
                 label=f"{r['label']}, {r['size']:,}")
     ticks = sorted({p["tokens_per_entry"] for r in with_curve for p in r["window_curve"]})
     ax.plot(ticks, [100 * -math.expm1(-t) for t in ticks], ls="--", color="grey", lw=1, label="uniform code")
-    ax.set_xscale("log", base=2)
-    ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
-    ax.set_xlabel("window: held-out tokens per codebook entry")
-    ax.set_ylabel("utilization (%)")
-    ax.set_ylim(0, 105)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    _save(fig, path)
-    plt.close(fig)
+    _save_utilization_axes(plt, fig, ax, ticks, [f"{t:g}" for t in ticks], "window: held-out tokens per codebook entry",
+                           "utilization (%)", path, legend_size=7)
     return True
 
 

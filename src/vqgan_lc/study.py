@@ -428,8 +428,8 @@ def evaluate_combination(cfg: StudyConfig, model, folder: Path) -> dict:
     tokens = int(window["num_tokens"])
     return {
         "utilization": float(window["utilization"]), "num_used": int(window["num_used"]), "num_tokens": tokens,
-        "perplexity": float(window["perplexity"]), "tokens_per_entry": tokens / model.codebook_size,
-        "uniform_ceiling": uniform_ceiling(tokens, model.codebook_size),
+        "perplexity": float(window["perplexity"]), "tokens_per_entry": tokens / size,
+        "uniform_ceiling": uniform_ceiling(tokens, size),
         # utilization against the window's length, at 4, 8, 16, ... tokens per entry
         "window_curve": [{"tokens_per_entry": point["num_tokens"] / size, "utilization": point["utilization"],
                           "num_used": point["num_used"], "perplexity": point["perplexity"],
@@ -550,6 +550,11 @@ def classify_all(cfg: StudyConfig, results: list[dict]) -> dict:
 SUMMARIZED = ("utilization", "num_used", "perplexity", "psnr", "ssim", "perceptual", "fd_lite0")
 
 
+def first_replicate(results: list[dict], seed: int) -> list[dict]:
+    """The results of the base seed's replicate (a result of an earlier version has no seed: it is one)."""
+    return [r for r in results if r.get("seed", seed) == seed]
+
+
 def summarize(results: list[dict]) -> list[dict]:
     """One row per table cell (series x size): the replicates' mean of every scored number, with
     `spread[key]` = mean_interval over the seeds (n = 1 where the study ran one seed)."""
@@ -632,6 +637,7 @@ def plot_window_curves(results: list[dict], path: Path) -> bool:
         ax.plot([p["tokens_per_entry"] for p in points], [100 * p["utilization"] for p in points], marker="o",
                 label=f"{r['label']}, {r['size']:,}")
     ticks = sorted({p["tokens_per_entry"] for r in with_curve for p in r["window_curve"]})
+    # uniform_ceiling's large-N limit, 1 - exp(-tokens per entry): one line for every size
     ax.plot(ticks, [100 * -math.expm1(-t) for t in ticks], ls="--", color="grey", lw=1, label="uniform code")
     _save_utilization_axes(plt, fig, ax, ticks, [f"{t:g}" for t in ticks], "window: held-out tokens per codebook entry",
                            "utilization (%)", path, legend_size=7)
@@ -696,7 +702,7 @@ def markdown(report: dict) -> str:
     parts.append(f"Utilization (%) over the held-out window (in brackets: what a uniform code would reach on it{over}):\n")
     parts.append(_pivot(summary, lambda r: f"{_mean_pm(r, 'utilization', 100)} ({100 * r['uniform_ceiling']:.0f})",
                         "model \\ N"))
-    curves = _window_table([r for r in results if r.get("seed", cfg["seed"]) == cfg["seed"]])
+    curves = _window_table(first_replicate(results, cfg["seed"]))
     if curves:
         parts.append(f"\nUtilization (%) against the window's length in tokens per entry (seed {cfg['seed']}; in "
                      "brackets what a uniform code would reach):\n")
@@ -785,11 +791,11 @@ def run_study(cfg: StudyConfig) -> dict:
         report = {"config": _json(cfg.to_dict()), "combinations": results, "summary": summary,
                   "protocol": _protocol(cfg), "combinations_trained": trained}
         if cfg.classify:  # on the first replicate's tokenizers; the classifiers have seeds of their own
-            report["classification"] = classify_all(cfg, [r for r in results if r.get("seed", cfg.seed) == cfg.seed])
+            report["classification"] = classify_all(cfg, first_replicate(results, cfg.seed))
         report["seconds"] = round(time.perf_counter() - started, 1)
         plot_utilization(summary, out / "utilization.png")
         plot_reconstruction(summary, out / "reconstruction.png")
-        plot_window_curves([r for r in results if r.get("seed", cfg.seed) == cfg.seed], out / "window.png")
+        plot_window_curves(first_replicate(results, cfg.seed), out / "window.png")
         atomic_write_json(out / "report.json", report)
         text = markdown(report)
         atomic_write_text(out / "report.md", text)

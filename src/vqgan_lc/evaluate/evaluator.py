@@ -271,14 +271,14 @@ def token_usage(model, loader, device="cpu", marks: tuple[int, ...] = ()) -> dic
     pending, curve, seen = sorted(set(marks)), [], 0
     for batch in loader:
         indices = model.encode(batch["image"].to(device)).indices.flatten()
-        start = 0
-        while pending and seen + len(indices) - start >= pending[0]:  # a mark falls inside this batch
-            cut = start + pending.pop(0) - seen
+        start = 0  # `seen` counts the tokens before this batch
+        while pending and pending[0] - seen <= len(indices):  # a mark falls inside this batch
+            cut = pending.pop(0) - seen
             usage.update(indices[start:cut])
-            seen, start = seen + cut - start, cut
-            curve.append({**usage.stats(), "num_tokens": seen})
+            start = cut
+            curve.append({**usage.stats(), "num_tokens": seen + cut})
         usage.update(indices[start:])
-        seen += len(indices) - start
+        seen += len(indices)
     stats = usage.stats()
     return {**stats, "curve": curve} if marks else stats
 

@@ -78,6 +78,26 @@ def test_a_rerun_skips_finished_combinations_and_refuses_other_settings(finished
         run_study(tiny(out, quantizers=("lc",), steps=3))
 
 
+def test_a_result_saved_before_a_setting_existed_is_read_with_its_default(finished, monkeypatch):
+    """A finished combination whose saved spec lacks a setting added since (the gradient
+    estimator) was made with that setting's default: it is reused, not refused."""
+    out, report = finished
+    marker = out / "runs" / "vq-64" / "result.json"
+    kept = marker.read_text()
+    done = json.loads(kept)
+    del done["spec"]["combination"]["gradient"], done["spec"]["train"]["model"]["quantizer"]["gradient"]
+    marker.write_text(json.dumps(done))
+    monkeypatch.setattr("vqgan_lc.tokenizer.training.train_tokenizer", None)  # any training would fail
+    try:
+        assert run_study(tiny(out, quantizers=("vq",)))["combinations_trained"] == 0
+        done["spec"]["train"]["lr"] = 0.5  # a recorded setting that differs is still refused
+        marker.write_text(json.dumps(done))
+        with pytest.raises(ValueError, match="train.lr differ"):
+            run_study(tiny(out, quantizers=("vq",)))
+    finally:
+        marker.write_text(kept)
+
+
 def test_an_interrupted_training_resumes_from_its_checkpoint(tmp_path, monkeypatch):
     from vqgan_lc.tokenizer import training
 
@@ -137,6 +157,21 @@ def test_every_quantizer_trains_at_the_same_quantizer_lr_scale(tmp_path):
             != study_module.combination_spec(other, combo)["train"]["quantizer_lr_scale"])
 
 
+def test_the_gradient_ablation_pairs_each_quantizer_with_its_rotation_trick_twin(tmp_path):
+    config = tiny(tmp_path, ablation="gradient", quantizers=("lc", "vq", "simvq"))
+    combos = plan(config)
+    assert [c.name for c in combos] == ["lc-64", "lc-rotation-64", "vq-64", "vq-rotation-64", "simvq-64",
+                                        "simvq-rotation-64"]
+    assert [c.series for c in combos][1::2] == ["lc-rotation", "vq-rotation", "simvq-rotation"]
+    assert all(c.label.endswith(", rotation trick") for c in combos[1::2])
+    # the straight-through variants are the main sweep's combinations themselves (shared folders)
+    assert combos[::2] == plan(tiny(tmp_path, quantizers=("lc", "vq", "simvq")))
+    for plain, rotated in zip(combos[::2], combos[1::2]):
+        a, b = (tokenizer_train_config(config, c, tmp_path, None).model.quantizer for c in (plain, rotated))
+        assert (a.gradient, b.gradient) == ("straight-through", "rotation")
+        assert {**a.to_dict(), "gradient": None} == {**b.to_dict(), "gradient": None}  # nothing else differs
+
+
 @pytest.mark.parametrize("ablation", ["init", "projector", "dim"])
 def test_each_ablation_flag_runs_on_a_tiny_case(ablation, finished, capsys):
     out, _ = finished  # shares lc-64 with the main sweep: only the other variants train
@@ -149,6 +184,18 @@ def test_each_ablation_flag_runs_on_a_tiny_case(ablation, finished, capsys):
     assert f"{ablation} ablation" in capsys.readouterr().out
     if ablation == "init":
         assert (out / "codebooks" / "gaussian-64.safetensors").is_file()
+
+
+def test_the_gradient_ablation_flag_trains_only_the_rotation_trick_variants(finished):
+    out, _ = finished
+    assert main(["study", "--out", str(out), "--sizes", "64", "--ablation", "gradient", "--quantizers", "lc,vq",
+                 "--set", *TINY, "progress=false"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert [r["name"] for r in report["combinations"]] == ["lc-64", "lc-rotation-64", "vq-64", "vq-rotation-64"]
+    assert report["combinations_trained"] == 2  # lc-64 and vq-64 reused from the main sweep
+    saved = json.loads((out / "runs" / "vq-rotation-64" / "tokenizer" / "config.json").read_text())
+    assert saved["quantizer"]["gradient"] == "rotation"
+    assert "VQGAN-LC, rotation trick" in (out / "report.md").read_text()
 
 
 def test_bad_settings_fail_in_one_line(tmp_path, capsys):

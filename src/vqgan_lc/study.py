@@ -43,7 +43,7 @@ import json
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 
 from .classify.data import LABELLED_SETS
@@ -51,14 +51,14 @@ from .classify.model import TokenClassifierConfig, classifier_preset
 from .config import Config, config_differences
 from .data.grid import pyplot
 from .files import atomic_path, atomic_write_json, atomic_write_text
-from .quantize.config import KINDS
+from .quantize.config import GRADIENTS, KINDS
 from .tokenizer.config import AutoencoderConfig, get_preset
 from .tokenizer.losses import LossConfig
 
 log = logging.getLogger("vqgan_lc.study")
 
 QUANTIZERS = KINDS  # lc, vq, fc, ema (the paper's) and ema-restart, l2, simvq (the field's today)
-ABLATIONS = ("none", "init", "projector", "dim")
+ABLATIONS = ("none", "init", "projector", "dim", "gradient")
 LABELS = {"lc": "VQGAN-LC", "vq": "VQGAN", "fc": "VQGAN-FC", "ema": "VQGAN-EMA",
           # the field's baselines of today (sources in each quantizer's module)
           "ema-restart": "EMA + data start + restarts (SoundStream/Jukebox)",
@@ -98,6 +98,7 @@ class StudyConfig(Config):
     sizes: tuple[int, ...] = (1024, 4096, 16384, 65536)   # 262144 too with --sizes (IBQ's and SimVQ's size)
     quantizers: tuple[str, ...] = QUANTIZERS
     ablation: str = "none"           # "none" | "init" (Table 6) | "projector" (Table 10) | "dim" (Table 11)
+    #                                  | "gradient" (each of `quantizers` with straight-through and the rotation trick)
     dims: tuple[int, ...] = (4, 8, 16, 64)  # D' of the dim ablation
     # --- one training budget for every combination ---
     # 128 steps of 16 = one pass over the 2,048 train crops: 1.5-2.5 min of training per
@@ -235,6 +236,7 @@ class Combination:
     codebook: str | None = None   # LC codebook: "global" (k-means) | "random-select" | "gaussian"
     projector: str = "linear"
     train_codebook: bool = False
+    gradient: str = "straight-through"  # or "rotation": the rotation trick (quantize/base.py, rotate_onto)
     seed: int = 0             # the replicate: codebook crops, k-means, initialisation and data order
 
 
@@ -244,12 +246,28 @@ def _seed_suffix(cfg: StudyConfig, seed: int) -> str:
 
 
 def _lc(cfg: StudyConfig, size: int, seed: int, series: str = "lc", label: str = LABELS["lc"],
-        **kw) -> Combination:
-    """An LC variant; the one equal to the main sweep's VQGAN-LC gets its name (trained once)."""
+        tag: str | None = None, **kw) -> Combination:
+    """An LC variant; the one equal to the main sweep's VQGAN-LC gets its name (trained once),
+    the others lc-<tag>-<size> (tag: the series unless given)."""
     base = dict(kind="lc", size=size, dim=cfg.low_dim, codebook="global", projector="linear", train_codebook=False)
     spec = {**base, **kw}
-    name = (f"lc-{size}" if spec == base else f"lc-{series}-{size}") + _seed_suffix(cfg, seed)
+    name = (f"lc-{size}" if spec == base else f"lc-{tag or series}-{size}") + _seed_suffix(cfg, seed)
     return Combination(name=name, series=series, label=label, seed=seed, **spec)
+
+
+def _quantizer(cfg: StudyConfig, kind: str, size: int, seed: int, gradient: str = GRADIENTS[0]) -> Combination:
+    """`kind` at `size` as the main sweep trains it; with the rotation trick, <kind>-rotation-<size>."""
+    plain = gradient == GRADIENTS[0]
+    series = kind if plain else f"{kind}-{gradient}"
+    label = LABELS[kind] if plain else f"{LABELS[kind]}, rotation trick"
+    extra = {} if plain else {"gradient": gradient}
+    if kind == "lc":
+        return _lc(cfg, size, seed, series, label, tag=gradient, **extra)
+    # VQ and EMA (with or without restarts) keep the encoder's width, as in the paper; FC,
+    # LlamaGen's l2 codes and SimVQ quantize at low_dim
+    dim = cfg.low_dim if kind in LOW_DIM_KINDS else cfg.autoencoder.z_channels
+    name = (f"{kind}-{size}" if plain else f"{kind}-{gradient}-{size}") + _seed_suffix(cfg, seed)
+    return Combination(name, series, label, kind, size, dim, seed=seed, **extra)
 
 
 def plan(cfg: StudyConfig) -> list[Combination]:
@@ -263,17 +281,9 @@ def plan(cfg: StudyConfig) -> list[Combination]:
 
 def _plan_size(cfg: StudyConfig, size: int, seed: int) -> list[Combination]:
     if cfg.ablation == "none":
-        combos = []
-        for kind in cfg.quantizers:
-            if kind == "lc":
-                combos.append(_lc(cfg, size, seed))
-            else:
-                # VQ and EMA (with or without restarts) keep the encoder's width, as in the paper;
-                # FC, LlamaGen's l2 codes and SimVQ quantize at low_dim
-                dim = cfg.low_dim if kind in LOW_DIM_KINDS else cfg.autoencoder.z_channels
-                combos.append(Combination(f"{kind}-{size}{_seed_suffix(cfg, seed)}", kind, LABELS[kind], kind, size,
-                                          dim, seed=seed))
-        return combos
+        return [_quantizer(cfg, kind, size, seed) for kind in cfg.quantizers]
+    if cfg.ablation == "gradient":  # the decoder's gradient through the quantizer: copied, or rotated
+        return [_quantizer(cfg, kind, size, seed, gradient) for kind in cfg.quantizers for gradient in GRADIENTS]
     if cfg.ablation == "init":  # Table 6: how the frozen entries are initialised
         return [_lc(cfg, size, seed, "gaussian", "random Gaussian (features' mean/std)", codebook="gaussian"),
                 _lc(cfg, size, seed, "random-select", "random selection of features", codebook="random-select"),
@@ -292,7 +302,7 @@ def tokenizer_train_config(cfg: StudyConfig, combo: Combination, out_dir: Path, 
     from .tokenizer.config import TokenizerConfig
     from .tokenizer.training import TokenizerTrainConfig
 
-    quantizer = QuantizerConfig(kind=combo.kind, codebook_size=combo.size, dim=combo.dim,
+    quantizer = QuantizerConfig(kind=combo.kind, codebook_size=combo.size, dim=combo.dim, gradient=combo.gradient,
                                 **SOURCE_LOSS_WEIGHTS.get(combo.kind, {}))
     if combo.kind == "lc":
         quantizer.codebook_dim = CODEBOOK_DIM
@@ -329,6 +339,27 @@ def combination_spec(cfg: StudyConfig, combo: Combination) -> dict:
                   "codebook": codebook_spec(cfg, combo.codebook, combo.size, combo.seed) if combo.codebook else None,
                   "eval": {"eval_crops": cfg.eval_crops, "usage_crops": cfg.usage_window(combo.size),
                            "fd_image_size": cfg.fd_image_size}})
+
+
+def read_spec(saved: dict) -> dict:
+    """A finished combination's saved spec read through today's classes: a setting added since it
+    was written takes its default, which is how that run was made (the train part as
+    TokenizerTrainConfig.differences reads a saved run)."""
+    from .tokenizer.training import TokenizerTrainConfig
+
+    spec = dict(saved)
+    if isinstance(spec.get("combination"), dict):
+        defaults = {f.name: f.default for f in fields(Combination)
+                    if f.default is not MISSING and f.name not in ("series", "label", "seed")}
+        spec["combination"] = {**defaults, **spec["combination"]}
+    if isinstance(spec.get("train"), dict):
+        try:
+            train = TokenizerTrainConfig.from_dict(spec["train"]).to_dict()
+        except ValueError:  # written by another version: compared as it is
+            pass
+        else:
+            spec["train"] = {k: v for k, v in train.items() if k not in free_train_fields()}
+    return _json(spec)
 
 
 # --- codebooks -------------------------------------------------------------------------------------
@@ -453,7 +484,7 @@ def run_combination(cfg: StudyConfig, combo: Combination, features: _Features) -
         done = json.loads(marker.read_text())
         # the folder's name is where the result lives, not a setting: a replicate trained as a
         # study of its own (seed=1) can be linked in as lc-1024-seed1
-        differ = config_differences(done.get("spec", {}), spec, ignore=("combination.name",))
+        differ = config_differences(read_spec(done.get("spec", {})), spec, ignore=("combination.name",))
         if not differ:
             log.info("%s: finished earlier, skipped", combo.name)
             return {**done, "name": combo.name, "seed": combo.seed}
@@ -464,8 +495,7 @@ def run_combination(cfg: StudyConfig, combo: Combination, features: _Features) -
     resume = None
     if (folder / STATE_NAME).is_file() and (folder / "train_config.json").is_file():
         saved = json.loads((folder / "train_config.json").read_text())
-        planned = _json(train_config.to_dict())
-        differ = [k for k in config_differences(saved, planned) if k.split(".")[0] not in free_train_fields()]
+        differ = train_config.differences(saved, ignore=free_train_fields())
         if differ:
             raise ValueError(f"{folder} holds an unfinished run with other settings ({', '.join(differ)} differ); "
                              f"choose another --out, or delete {folder} to retrain it")

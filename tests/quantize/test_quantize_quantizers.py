@@ -230,3 +230,68 @@ def test_indices_to_latents_still_checks_the_range_eagerly():
     with pytest.raises(ValueError, match=r"\[0, 50\)"):
         q.indices_to_latents(torch.full((1, 2, 2), -1))
     assert q.indices_to_latents(torch.full((1, 2, 2), 49)).shape == (1, 4, 2, 2)
+
+
+# --- rotation trick ------------------------------------------------------------------------------
+
+def test_rotate_onto_returns_the_target_and_rotates_the_gradient():
+    from vqgan_lc.quantize.base import rotate_onto
+
+    torch.manual_seed(0)
+    z = torch.randn(64, 6, dtype=torch.float64, requires_grad=True)
+    target = torch.randn(64, 6, dtype=torch.float64)
+    out = rotate_onto(z, target)
+    torch.testing.assert_close(out, target)  # forward: the entries themselves
+    grad = torch.randn(64, 6, dtype=torch.float64)
+    out.backward(grad)
+    # d out / d z = scale * R with R orthogonal: z receives scale * R^T grad, so its norm is
+    # scale * |grad| (straight-through would copy grad unchanged), and R maps z's direction to the target's
+    scale = target.norm(dim=1) / z.detach().norm(dim=1)
+    torch.testing.assert_close(z.grad.norm(dim=1), scale * grad.norm(dim=1))
+    u, t = z.detach() / z.detach().norm(dim=1, keepdim=True), target / target.norm(dim=1, keepdim=True)
+    # R^T maps t back to u: the gradient along the target's direction arrives along z's
+    back = torch.autograd.grad(rotate_onto(z, target), z, grad_outputs=t)[0]
+    torch.testing.assert_close(back, scale[:, None] * u)
+    assert not torch.allclose(z.grad, grad)
+
+
+def test_rotate_onto_handles_zero_and_opposite_vectors():
+    from vqgan_lc.quantize.base import rotate_onto
+
+    z = torch.tensor([[0.0, 0.0, 0.0], [1.0, 0.0, 0.0], [2.0, 1.0, 0.0]], requires_grad=True)
+    target = torch.tensor([[1.0, 2.0, 3.0], [-3.0, 0.0, 0.0], [4.0, 2.0, 0.0]])
+    out = rotate_onto(z, target)
+    torch.testing.assert_close(out, target)
+    out.sum().backward()
+    assert torch.isfinite(z.grad).all()
+    torch.testing.assert_close(z.grad[0], torch.ones(3))  # zero length: straight-through
+
+
+@pytest.mark.parametrize("kind", ["lc", "vq", "fc", "ema-restart", "l2", "simvq"])
+def test_rotation_gradient_keeps_forward_values_and_changes_what_z_receives(kind):
+    torch.manual_seed(0)
+    ref = build_quantizer(_cfg(kind)).train()
+    rot = build_quantizer(_cfg(kind, gradient="rotation")).train()
+    rot.load_state_dict(ref.state_dict())
+    z = torch.randn(2, 4, 3, 3)
+    grads, outs = [], []
+    for q in (ref, rot):
+        zz = z.clone().requires_grad_(True)
+        out = q(zz)
+        out.quantized.square().sum().backward()
+        grads.append(zz.grad)
+        outs.append(out)
+    assert torch.equal(outs[0].indices, outs[1].indices)
+    torch.testing.assert_close(outs[0].quantized, outs[1].quantized)
+    torch.testing.assert_close(outs[0].loss, outs[1].loss)
+    assert not torch.allclose(grads[0], grads[1])
+    # without autograd both return the entries as they are, bit for bit (EMA restarts moved
+    # the codebooks at random during the step: compare from one state)
+    rot.load_state_dict(ref.state_dict())
+    with torch.no_grad():
+        assert torch.equal(ref.eval()(z).quantized, rot.eval()(z).quantized)
+
+
+def test_unknown_gradient_is_refused():
+    with pytest.raises(ValueError, match="gradient 'rotate' unknown"):
+        QuantizerConfig(kind="vq", gradient="rotate").validate()

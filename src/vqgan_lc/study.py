@@ -3,6 +3,7 @@
     vqgan-lc study --out runs/study                                  # 7 quantizers at 1K..64K entries
     vqgan-lc study --out runs/study --sizes 262144 --quantizers lc   # the 262,144-entry point
     vqgan-lc study --out runs/study --ablation init|projector|dim    # Tables 6, 10, 11
+    vqgan-lc study --out runs/study --ablation gradient --quantizers lc,vq  # + the rotation trick
     vqgan-lc study --out runs/study --classify mnist,photos          # + a ViT on every tokenizer's token maps
     vqgan-lc study --out runs/study --seeds 3                        # replicates: mean +- 95% interval
 

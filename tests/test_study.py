@@ -257,9 +257,18 @@ def test_the_study_flag_names_every_quantizer_kind():
 
 def test_replicate_seeds_train_their_own_codebooks_and_the_tables_give_mean_and_interval(tmp_path):
     out = tmp_path / "s"
-    config = tiny(out, quantizers=("lc",), seeds=2)
+    config = tiny(out, quantizers=("lc",), seeds=2, classify=("mnist",))
     assert [(c.name, c.seed) for c in plan(config)] == [("lc-64", 0), ("lc-64-seed1", 1)]
     report = run_study(config)
+    # every replicate's tokenizer is classified; the table's interval is over the replicates' means
+    scores = report["classification"]["mnist"]
+    assert set(scores) == {"lc-64", "lc-64-seed1"}
+    [pooled] = report["classification_summary"]["mnist"]
+    means = [scores[n]["top1"]["mean"] for n in ("lc-64", "lc-64-seed1")]
+    assert (pooled["tokenizers"], pooled["classifiers"]) == (2, 4) and pooled["top1"]["n"] == 2
+    assert pooled["top1"]["mean"] == pytest.approx(sum(means) / 2)
+    assert pooled["top1"]["ci95"] == pytest.approx(study_module.mean_interval(means)["ci95"])
+    assert "2 tokenizer replicates, each the mean of 2 classifier seeds" in (out / "report.md").read_text()
     first, second = report["combinations"]
     assert (first["seed"], second["seed"]) == (0, 1)
     # each replicate has its own k-means codebook (its own crops and seed) and its own initialisation

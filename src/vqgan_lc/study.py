@@ -136,7 +136,9 @@ class StudyConfig(Config):
     # 20 epochs (1,260 steps on 4,000 digits): at the old 4, train and held-out top-1 were equal
     # (60.6% / 60.2% for LC): the classifier underfitted (README, "Classification on token maps")
     classify_epochs: int = 20
-    classify_seeds: int = 3          # classifiers per tokenizer (seeds seed..seed+n-1): mean and 95% interval
+    # classifiers per tokenizer (seeds seed..seed+n-1): mean and 95% interval; with --seeds N every
+    # replicate's tokenizer is classified and the interval is over the N replicates' means
+    classify_seeds: int = 3
     classify_batch_size: int = 64
     classify_lr: float = 3e-3        # measured on mnist tokens: 1e-3 left the 248-step run well short of fitting
     classify_per_class: int = 500    # mnist: digits per class (80% train, 20% held out)
@@ -576,6 +578,23 @@ def classify_all(cfg: StudyConfig, results: list[dict]) -> dict:
     return scores
 
 
+def pool_classification(scores: dict, summary: list[dict]) -> list[dict]:
+    """One row per table cell (series x size) of one labelled set's scores. Over several tokenizer
+    replicates, top-1 is the mean of the replicates' mean top-1 with the 95% interval over the
+    replicates, so it carries how much the tokenizer's own seed moves the score (the classifiers
+    of one tokenizer share its token maps and vary less); over one, the interval is over its
+    classifier seeds."""
+    rows = []
+    for cell in summary:
+        runs = [scores[name] for name in cell["names"] if name in scores]
+        if not runs:
+            continue
+        top1 = runs[0]["top1"] if len(runs) == 1 else mean_interval([r["top1"]["mean"] for r in runs])
+        rows.append({**cell, "top1": top1, "train_top1": mean_interval([r["train_top1"]["mean"] for r in runs]),
+                     "tokenizers": len(runs), "classifiers": sum(len(r["per_seed_top1"]) for r in runs)})
+    return rows
+
+
 # --- report ----------------------------------------------------------------------------------------
 
 SUMMARIZED = ("utilization", "num_used", "perplexity", "psnr", "ssim", "perceptual", "fd_lite0")
@@ -742,14 +761,15 @@ def markdown(report: dict) -> str:
     parts.append(_pivot(summary, lambda r: f"{_mean_pm(r, 'psnr', digits=2)} / {_mean_pm(r, 'fd_lite0', digits=0)}",
                         "model \\ N"))
     for name, scores in report.get("classification", {}).items():
-        by_name = {r["name"]: r for r in results}
-        rows = [{**by_name[k], "top1": v["top1"], "train_top1": v["train_top1"]}
-                for k, v in scores.items() if k in by_name]
+        rows = pool_classification(scores, summary)
         if rows:
             first = next(iter(scores.values()))
+            tokenizers, classifiers = rows[0]["tokenizers"], len(first["per_seed_top1"])
+            over = (f"{classifiers} classifier seeds" if tokenizers == 1 else
+                    f"{tokenizers} tokenizer replicates, each the mean of {classifiers} classifier seeds")
             parts.append(f"\nToken-map classification top-1 (%) on {name} ({first['num_val']} held-out images, "
                          f"{first['num_classes']} classes, {first['embed']} embedding; mean +- 95% interval over "
-                         f"{first['top1']['n']} seeds; in brackets the mean on the training images):\n")
+                         f"{over}; in brackets the mean on the training images):\n")
             parts.append(_pivot(rows, lambda r: f"{100 * r['top1']['mean']:.1f} +- {100 * r['top1']['ci95']:.1f} "
                                                 f"({100 * r['train_top1']['mean']:.1f})", "tokenizer \\ N"))
     rows = ["| model | N | D' | seed | utilization | entries used | tokens / entry | PSNR | SSIM | perceptual-lite0 | "
@@ -821,8 +841,12 @@ def run_study(cfg: StudyConfig) -> dict:
         summary = summarize(results)
         report = {"config": _json(cfg.to_dict()), "combinations": results, "summary": summary,
                   "protocol": _protocol(cfg), "combinations_trained": trained}
-        if cfg.classify:  # on the first replicate's tokenizers; the classifiers have seeds of their own
-            report["classification"] = classify_all(cfg, first_replicate(results, cfg.seed))
+        if cfg.classify:  # every replicate's tokenizers, each with classifier seeds of its own
+            report["classification"] = classify_all(cfg, results)
+            report["classification_summary"] = {
+                name: [{k: row[k] for k in ("series", "label", "size", "names", "top1", "train_top1", "tokenizers",
+                                            "classifiers")} for row in pool_classification(scores, summary)]
+                for name, scores in report["classification"].items()}
         report["seconds"] = round(time.perf_counter() - started, 1)
         plot_utilization(summary, out / "utilization.png")
         plot_reconstruction(summary, out / "reconstruction.png")

@@ -120,3 +120,20 @@ def test_cli_write_scale_is_repeatable_and_refused_for_token_caches(setup, capsy
     assert main(["cache", "tokens", str(setup / "tok"), "--data", str(setup / "data"), "--out",
                  str(setup / "t"), "--workers", "0", "--write-scale"]) == 2
     assert "--write-scale" in capsys.readouterr().err
+
+
+def test_a_cache_written_before_a_tokenizer_setting_existed_is_reused_and_another_tokenizers_refused(setup):
+    from vqgan_lc.data.cache import MANIFEST
+
+    first = _cache(setup)
+    manifest_path = setup / "latents" / MANIFEST
+    manifest = json.loads(manifest_path.read_text())
+    del manifest["header"]["tokenizer_config"]["quantizer"]["gradient"]  # as an earlier version wrote it
+    manifest_path.write_text(json.dumps(manifest))
+    again = _cache(setup)  # the setting's default encodes alike: the same cache, not "another job"
+    assert again.num_items == first.num_items
+    assert np.array_equal(again.rows("latents")[:], first.rows("latents")[:])
+    manifest["header"]["tokenizer_config"]["quantizer"]["codebook_size"] = 64  # a recorded setting that differs
+    manifest_path.write_text(json.dumps(manifest))
+    with pytest.raises(ValueError, match="holds the cache of another job"):
+        _cache(setup)

@@ -139,7 +139,9 @@ def classifier_config(model: str | TokenClassifierConfig, cache: str, out: str, 
     config.override(list(overrides)).validate()
     if val:
         val_store, _ = _labelled_tokens(val)
-        if val_store.header.get("tokenizer_config") != header.get("tokenizer_config") or \
+        from ..generate.cache import same_encoder
+
+        if not same_encoder(val_store.header.get("tokenizer_config") or {}, header.get("tokenizer_config") or {}) or \
                 list(val_store.header["grid"]) != list(header["grid"]):
             raise ValueError(f"{val} was encoded by another tokenizer or at another size than {cache}; encode both "
                              "sets with the same tokenizer and image size")

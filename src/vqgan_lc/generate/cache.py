@@ -24,7 +24,7 @@ import torch
 
 from .. import distributed
 from ..config import Config
-from ..data.cache import CacheStore, write_cache
+from ..data.cache import CacheStore, read_header, write_cache
 # the encoded-image cache's reader, under the names the generators use
 from ..data.encoded import ENCODED_KINDS as KINDS
 from ..data.encoded import EncodedImageDataset as GeneratorDataset
@@ -98,6 +98,12 @@ def build_cache(config: CacheConfig) -> CacheStore | None:
               "codebook_size": model.codebook_size, "latent_dim": model.quantizer.dim,
               "tokenizer_config": _encoding_config(model.config.to_dict()),
               "tokenizer_fingerprint": tokenizer_fingerprint(config.tokenizer)}
+    found = read_header(config.out)
+    if found and found.get("tokenizer_config") != header["tokenizer_config"] \
+            and same_encoder(found.get("tokenizer_config") or {}, header["tokenizer_config"]):
+        # written before a tokenizer setting existed: the stored config lacks it, and its default
+        # encodes alike, so the cache is this job's; keep the stored form for write_cache's check
+        header["tokenizer_config"] = found["tokenizer_config"]
     store = write_cache(dataset, encode, config.out, header=header, batch_size=config.batch_size,
                         num_workers=config.workers, shard_mb=config.shard_mb, progress=config.progress)
     if store is not None and config.kind == "latents" and env.is_main:
@@ -165,7 +171,10 @@ def same_encoder(a: dict, b: dict) -> bool:
 
     def canonical(data: dict) -> dict:  # through the dataclass: defaults filled in, lists and tuples alike
         return json.loads(json.dumps(_encoding_config(TokenizerConfig.from_dict(_encoding_config(data)).to_dict())))
-    return canonical(a) == canonical(b)
+    try:
+        return canonical(a) == canonical(b)
+    except ValueError:  # not a tokenizer config this version reads (another model type's fields)
+        return False
 
 
 def latent_stats(store: CacheStore, chunk: int = 4096) -> dict:

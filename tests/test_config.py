@@ -96,6 +96,14 @@ def test_config_differences_name_dotted_keys_and_skip_ignored_ones():
     assert config_differences({"inner": {"width": 8}}, {"inner": {"width": 8, "extra": 1}}) == ["inner.extra"]
 
 
+def test_read_saved_fills_fields_added_since_and_keeps_what_it_cannot_read():
+    saved = {"codebook_size": 32, "inner": {"sizes": [1, 2]}}  # written before out_dir and inner.width existed
+    assert Outer.read_saved(saved) == Outer(codebook_size=32).to_dict()
+    assert config_differences(Outer.read_saved(saved), Outer(codebook_size=32)) == []
+    foreign = {"codebook_size": 32, "layers": 4}  # another family's fields: compared as it is
+    assert Outer.read_saved(foreign) is foreign
+
+
 def test_describe_fields_lists_the_defaults_a_parent_gives_its_nested_configs():
     # the study trains the tiny preset's autoencoder: its --help must not print AutoencoderConfig()'s 256 px
     from vqgan_lc.study import StudyConfig

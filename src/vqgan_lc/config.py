@@ -124,6 +124,16 @@ class Config(metaclass=_RenamedKeywords):
         except TypeError as err:
             raise ValueError(f"{cls.__name__}: {err}") from None
 
+    @classmethod
+    def read_saved(cls, saved: dict[str, Any]) -> dict[str, Any]:
+        """A saved `to_dict()` read through this class, so that a field added since it was written
+        takes its default (how that run was made); one this class cannot read (written by another
+        version or another family) comes back as it is."""
+        try:
+            return cls.from_dict(saved).to_dict()
+        except ValueError:
+            return saved
+
     def override(self: C, items: list[str] | tuple[str, ...]) -> C:
         """Apply `key=value` strings; dotted keys reach nested configs (`loss.disc_start=1000`)."""
         for item in items:

@@ -356,12 +356,8 @@ def read_spec(saved: dict) -> dict:
                     if f.default is not MISSING and f.name not in ("series", "label", "seed")}
         spec["combination"] = {**defaults, **spec["combination"]}
     if isinstance(spec.get("train"), dict):
-        try:
-            train = TokenizerTrainConfig.from_dict(spec["train"]).to_dict()
-        except ValueError:  # written by another version: compared as it is
-            pass
-        else:
-            spec["train"] = {k: v for k, v in train.items() if k not in free_train_fields()}
+        train = TokenizerTrainConfig.read_saved(spec["train"])
+        spec["train"] = {k: v for k, v in train.items() if k not in free_train_fields()}
     return _json(spec)
 
 
@@ -760,10 +756,9 @@ def markdown(report: dict) -> str:
     parts.append(f"\nPSNR (dB) / FD-lite0{over}:\n")
     parts.append(_pivot(summary, lambda r: f"{_mean_pm(r, 'psnr', digits=2)} / {_mean_pm(r, 'fd_lite0', digits=0)}",
                         "model \\ N"))
-    for name, scores in report.get("classification", {}).items():
-        rows = pool_classification(scores, summary)
+    for name, rows in report.get("classification_summary", {}).items():
         if rows:
-            first = next(iter(scores.values()))
+            first = next(iter(report["classification"][name].values()))
             tokenizers, classifiers = rows[0]["tokenizers"], len(first["per_seed_top1"])
             over = (f"{classifiers} classifier seeds" if tokenizers == 1 else
                     f"{tokenizers} tokenizer replicates, each the mean of {classifiers} classifier seeds")

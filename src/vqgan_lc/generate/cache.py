@@ -99,8 +99,7 @@ def build_cache(config: CacheConfig) -> CacheStore | None:
               "tokenizer_config": _encoding_config(model.config.to_dict()),
               "tokenizer_fingerprint": tokenizer_fingerprint(config.tokenizer)}
     found = read_header(config.out)
-    if found and found.get("tokenizer_config") != header["tokenizer_config"] \
-            and same_encoder(found.get("tokenizer_config") or {}, header["tokenizer_config"]):
+    if found and same_encoder(found.get("tokenizer_config") or {}, header["tokenizer_config"]):
         # written before a tokenizer setting existed: the stored config lacks it, and its default
         # encodes alike, so the cache is this job's; keep the stored form for write_cache's check
         header["tokenizer_config"] = found["tokenizer_config"]

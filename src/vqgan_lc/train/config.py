@@ -79,12 +79,8 @@ class TrainConfig(Config):
     def differences(self, saved: dict, ignore: tuple[str, ...] = ()) -> list[str]:
         """Dotted names of the fields where a saved `to_dict()` (e.g. read from JSON) differs from
         this config, leaving out `ignore`d top-level fields. The saved dict is read through the
-        config class first, so a field added since it was written takes its default."""
-        try:
-            saved = type(self).from_dict(saved).to_dict()
-        except ValueError:  # written by another version or another family: compare as it is
-            pass
-        return [key for key in config_differences(saved, self.to_dict())
+        config class first (`read_saved`), so a field added since it was written takes its default."""
+        return [key for key in config_differences(type(self).read_saved(saved), self.to_dict())
                 if key.split(".")[0] not in ignore]
 
     def resume_conflicts(self, saved: dict) -> list[str]:
